@@ -1,0 +1,41 @@
+// postbox/message_id.hpp: 16-byte, time-ordered message identifiers.
+//
+// Layout (docs/protocol.md, "Message id"): the UUIDv7 layout. 48 bits of Unix
+// time in milliseconds, big-endian, then a per-generator sequence, then random
+// bits fixed per generator. Ids from one generator sort in the order they were
+// made; ids from different generators differ in their random bits.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace postbox {
+
+struct message_id {
+  std::array<std::uint8_t, 16> bytes{};
+
+  [[nodiscard]] bool is_nil() const noexcept;
+  /// Milliseconds since the Unix epoch, from the first 48 bits.
+  [[nodiscard]] std::uint64_t unix_ms() const noexcept;
+  /// 32 lowercase hex digits.
+  [[nodiscard]] std::string to_hex() const;
+
+  friend auto operator<=>(const message_id&, const message_id&) = default;
+};
+
+/// Makes ids for one thread (it is not synchronised): one per channel.
+class id_generator {
+ public:
+  id_generator();
+  /// A new id stamped with `unix_ms`; strictly greater than the previous one.
+  [[nodiscard]] message_id next(std::uint64_t unix_ms) noexcept;
+
+ private:
+  std::uint64_t last_ms_ = 0;
+  std::uint64_t counter_ = 0;  // 12-bit sub-millisecond sequence, then carries into tail_
+  std::uint64_t tail_ = 0;     // 62 random bits
+};
+
+}  // namespace postbox

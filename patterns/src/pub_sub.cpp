@@ -1,0 +1,237 @@
+// Publish/subscribe channels (postbox/pub_sub.hpp; docs/protocol.md,
+// "Publish/subscribe").
+#include <postbox/pub_sub.hpp>
+
+#include <postbox/point_to_point.hpp>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace postbox {
+namespace {
+
+constexpr std::size_t marker_id_size = 16;
+constexpr std::uint32_t drain_every = 1024;
+
+}  // namespace
+
+// ---------------------------------------------------------------- publisher
+
+publisher::publisher(context& ctx, std::string_view endpoints, const socket_options& opts)
+    : core_(ctx, zmq::socket_type::xpub, endpoints, endpoint_mode::bind, opts, false),
+      origin_(detail::random_nonzero()) {
+  // Every subscribe and unsubscribe reaches us, duplicates included, so the
+  // counts below stay exact as subscribers come and go.
+  core_.socket.set(zmq::sockopt::xpub_verboser, 1);
+}
+
+std::uint64_t publisher::next_sequence(std::string_view topic) {
+  auto it = sequences_.find(topic);
+  if (it == sequences_.end()) it = sequences_.emplace(std::string(topic), 0).first;
+  return ++it->second;
+}
+
+void publisher::publish(std::string_view topic, std::string_view payload) {
+  const stamp s = core_.next_stamp();
+  message_view v;
+  v.topic = topic;
+  v.payload = payload;
+  v.id = s.id;
+  v.timestamp_us = s.timestamp_us;
+  v.origin = origin_;
+  v.sequence = next_sequence(topic);
+  encode(v, scratch_);
+  (void)core_.send(scratch_, forever);  // XPUB never blocks: it drops at the HWM
+  if (++sends_since_drain_ >= drain_every) drain_subscriptions(0);
+}
+
+void publisher::publish(const message& m) {
+  stamp s = core_.next_stamp();
+  if (!m.id().is_nil()) s.id = {}, s.timestamp_us = 0;
+  s.origin = origin_;
+  s.sequence = next_sequence(m.topic());
+  encode(m, s, scratch_);
+  (void)core_.send(scratch_, forever);
+  if (++sends_since_drain_ >= drain_every) drain_subscriptions(0);
+}
+
+void publisher::drain_subscriptions(int wait_ms) {
+  sends_since_drain_ = 0;
+  zmq::message_t event;
+  void* handle = core_.socket.handle();
+  int flags = ZMQ_DONTWAIT;
+  if (wait_ms != 0) {
+    zmq::pollitem_t item{handle, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, wait_ms) <= 0) return;
+  }
+  while (zmq_msg_recv(event.handle(), handle, flags) >= 0) {
+    const auto* data = static_cast<const char*>(event.data());
+    const std::size_t size = event.size();
+    if (size == 0 || (data[0] != 0 && data[0] != 1)) continue;  // not a subscription
+    const bool subscribe = data[0] == 1;
+    const std::string_view filter(data + 1, size - 1);
+    if (filter.starts_with(detail::subscriber_marker) &&
+        filter.size() >= detail::subscriber_marker.size() + marker_id_size) {
+      const auto id = filter.substr(detail::subscriber_marker.size(), marker_id_size);
+      auto it = subscribers_.find(id);
+      if (subscribe) {
+        if (it == subscribers_.end()) it = subscribers_.emplace(std::string(id), 0).first;
+        ++it->second;
+      } else if (it != subscribers_.end() && --it->second == 0) {
+        subscribers_.erase(it);
+      }
+      continue;
+    }
+    auto it = subscriptions_.find(filter);
+    if (subscribe) {
+      if (it == subscriptions_.end()) it = subscriptions_.emplace(std::string(filter), 0).first;
+      ++it->second;
+    } else if (it != subscriptions_.end() && --it->second == 0) {
+      subscriptions_.erase(it);
+    }
+  }
+}
+
+bool publisher::has_subscriber_for(std::string_view topic) const {
+  // A SUB filter takes a message when it is a prefix of the first frame,
+  // which starts with the topic and its 0x00 terminator.
+  for (const auto& [filter, count] : subscriptions_) {
+    const std::string_view f = filter;
+    if (f.size() <= topic.size() ? topic.starts_with(f)
+                                 : (f.size() == topic.size() + 1 && f.starts_with(topic) &&
+                                    f.back() == '\0')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool publisher::wait_for_subscribers(std::size_t n, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  drain_subscriptions(0);
+  while (subscribers_.size() < n) {
+    const int wait = detail::remaining_ms(deadline, false);
+    if (wait == 0) return false;
+    drain_subscriptions(wait);
+  }
+  return true;
+}
+
+bool publisher::wait_for_subscriber(std::string_view topic, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  drain_subscriptions(0);
+  while (!has_subscriber_for(topic)) {
+    const int wait = detail::remaining_ms(deadline, false);
+    if (wait == 0) return false;
+    drain_subscriptions(wait);
+  }
+  return true;
+}
+
+std::size_t publisher::subscriber_count() {
+  drain_subscriptions(0);
+  return subscribers_.size();
+}
+
+// ---------------------------------------------------------------- subscriber
+
+subscriber::subscriber(context& ctx, std::string_view endpoints, const socket_options& opts)
+    : core_(ctx, zmq::socket_type::sub, endpoints, endpoint_mode::connect, opts, false) {
+  char id[marker_id_size + 1];
+  std::snprintf(id, sizeof id, "%016llx",
+                static_cast<unsigned long long>(detail::random_nonzero()));
+  marker_base_ = std::string(detail::subscriber_marker) + id + ".";
+}
+
+void subscriber::announce() {
+  // A new marker after each filter change: it travels after the filter, so a
+  // publisher that has seen it has seen the filter too.
+  std::string next = marker_base_ + std::to_string(++generation_);
+  core_.socket.set(zmq::sockopt::subscribe, next);
+  if (!marker_.empty()) core_.socket.set(zmq::sockopt::unsubscribe, marker_);
+  marker_ = std::move(next);
+}
+
+void subscriber::subscribe(std::string_view prefix) {
+  if (prefix.size() > max_topic_size) {
+    throw config_error("subscription prefix is " + std::to_string(prefix.size()) +
+                       " bytes, more than " + std::to_string(max_topic_size));
+  }
+  filters_.push_back({std::string(prefix), std::nullopt, std::string(prefix)});
+  core_.socket.set(zmq::sockopt::subscribe, prefix);
+  announce();
+}
+
+void subscriber::subscribe_pattern(std::string_view text) {
+  topic_pattern pattern(text);
+  std::string prefix = pattern.socket_prefix();
+  core_.socket.set(zmq::sockopt::subscribe, prefix);
+  filters_.push_back({std::string(text), std::move(pattern), std::move(prefix)});
+  any_pattern_ = true;
+  announce();
+}
+
+void subscriber::unsubscribe(std::string_view text) {
+  auto it = std::find_if(filters_.begin(), filters_.end(),
+                         [&](const filter& f) { return f.text == text; });
+  if (it == filters_.end()) return;
+  core_.socket.set(zmq::sockopt::unsubscribe, it->socket_prefix);
+  filters_.erase(it);
+  any_pattern_ = std::any_of(filters_.begin(), filters_.end(),
+                             [](const filter& f) { return f.pattern.has_value(); });
+}
+
+bool subscriber::wanted(std::string_view topic) const noexcept {
+  if (!any_pattern_) return true;  // the socket's prefix filter decided already
+  for (const auto& f : filters_) {
+    if (f.pattern ? f.pattern->matches(topic) : topic.starts_with(f.socket_prefix)) return true;
+  }
+  return false;
+}
+
+void subscriber::track(const message& m) {
+  if (m.sequence() == 0 || m.origin() == 0) return;
+  auto& topics = streams_[m.origin()];
+  auto it = topics.find(m.topic());
+  if (it == topics.end()) {
+    if (tracked_ >= max_tracked_streams) {
+      streams_.clear();
+      tracked_ = 0;
+      streams_[m.origin()].emplace(std::string(m.topic()), m.sequence());
+    } else {
+      topics.emplace(std::string(m.topic()), m.sequence());
+    }
+    ++tracked_;
+    return;
+  }
+  const std::uint64_t expected = it->second + 1;
+  it->second = m.sequence();
+  if (m.sequence() > expected) {
+    ++core_.stats.gaps;
+    core_.stats.missed += m.sequence() - expected;
+    if (on_gap_) on_gap_(gap_info{m.topic(), m.origin(), expected, m.sequence()});
+  }
+  // A lower number than expected: the stream was restarted; count from here.
+}
+
+bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
+  const bool forever_wait = timeout.count() < 0;
+  const auto deadline = std::chrono::steady_clock::now() + (forever_wait ? decltype(timeout){0} : timeout);
+  while (true) {
+    const auto left = std::chrono::milliseconds(detail::remaining_ms(deadline, forever_wait));
+    if (!detail::receive_decoded(core_, frames_, into, left)) return false;
+    track(into);
+    if (wanted(into.topic())) return true;
+    --core_.stats.received;
+    ++core_.stats.filtered;
+    if (!forever_wait && left.count() == 0) return false;
+  }
+}
+
+std::optional<message> subscriber::receive(std::chrono::milliseconds timeout) {
+  message m;
+  if (!receive(m, timeout)) return std::nullopt;
+  return m;
+}
+
+}  // namespace postbox
