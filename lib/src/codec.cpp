@@ -202,24 +202,32 @@ class reader {
   reader(const std::uint8_t* p, std::size_t n) : p_(p), end_(p + n) {}
 
   [[nodiscard]] std::size_t left() const noexcept { return static_cast<std::size_t>(end_ - p_); }
+  /// Refuses a claimed count of items larger than the bytes left: every item
+  /// takes at least one byte, so the claim is a lie we need not loop over.
+  std::optional<reject_reason> claim(std::uint64_t items) noexcept {
+    if (items > left()) return short_read();
+    return std::nullopt;
+  }
+  /// True when a read failed for want of bytes (as opposed to a bad byte).
+  [[nodiscard]] bool exhausted() const noexcept { return exhausted_; }
   [[nodiscard]] const std::uint8_t* pos() const noexcept { return p_; }
 
   // Each returns the reason on failure; on success the cursor has moved.
   std::optional<reject_reason> byte(std::uint8_t& b) noexcept {
-    if (p_ == end_) return reject_reason::bad_msgpack;
+    if (p_ == end_) return short_read();
     b = *p_++;
     return std::nullopt;
   }
 
   std::optional<reject_reason> be(std::uint64_t& v, int bytes) noexcept {
-    if (left() < static_cast<std::size_t>(bytes)) return reject_reason::bad_msgpack;
+    if (left() < static_cast<std::size_t>(bytes)) return short_read();
     v = 0;
     for (int i = 0; i < bytes; ++i) v = (v << 8) | *p_++;
     return std::nullopt;
   }
 
   std::optional<reject_reason> take(std::size_t n, const std::uint8_t*& out) noexcept {
-    if (left() < n) return reject_reason::bad_msgpack;
+    if (left() < n) return short_read();
     out = p_;
     p_ += n;
     return std::nullopt;
@@ -341,17 +349,21 @@ class reader {
 
  private:
   std::optional<reject_reason> skip_items(std::uint64_t n, std::size_t depth) noexcept {
-    // Every item takes at least one byte, so a claimed count larger than
-    // what is left is a lie we can refuse before looping over it.
-    if (n > left()) return reject_reason::bad_msgpack;
+    if (auto r = claim(n)) return r;
     for (std::uint64_t i = 0; i < n; ++i) {
       if (auto r = skip(depth + 1)) return r;
     }
     return std::nullopt;
   }
 
+  reject_reason short_read() noexcept {
+    exhausted_ = true;
+    return reject_reason::bad_msgpack;
+  }
+
   const std::uint8_t* p_;
   const std::uint8_t* end_;
+  bool exhausted_ = false;
 };
 
 std::optional<reject_reason> read_header(reader& in, message& out, std::string_view& key,
@@ -423,7 +435,7 @@ std::optional<reject_reason> read_header(reader& in, message& out, std::string_v
   std::uint64_t fields = 0;
   if (auto r = in.container(0x90, 0xdc, fields)) return r;
   if (fields < header_fields) return reject_reason::bad_header;
-  if (fields > in.left()) return reject_reason::bad_msgpack;
+  if (auto r = in.claim(fields)) return r;
   message_id id;
   std::uint64_t ts = 0, origin = 0, seq = 0, attempt = 0;
   if (auto r = in.id(id)) return r;
@@ -487,7 +499,7 @@ std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
   try {
     if (auto r = read_header(in, out, key, has_key, detail_access::headers(out))) {
       // A header cut off by the size limit, not by the frame, is too large.
-      if (r == reject_reason::bad_msgpack && header_room > max_header_size) {
+      if (r == reject_reason::bad_msgpack && in.exhausted() && header_room > max_header_size) {
         return reject_reason::too_large;
       }
       return r;

@@ -46,14 +46,14 @@ message_id id_generator::next(std::uint64_t unix_ms) noexcept {
     }
   }
   ++tail_;
+  // Two big-endian words: [ms:48 | 0x7:4 | counter:12] and [0b10:2 | tail:62].
+  const std::uint64_t hi = ((last_ms_ & 0xFFFF'FFFF'FFFF) << 16) | 0x7000 | (counter_ & 0xFFF);
+  const std::uint64_t lo = (std::uint64_t{2} << 62) | (tail_ & ((std::uint64_t{1} << 62) - 1));
   message_id id;
-  const std::uint64_t ms = last_ms_ & 0xFFFF'FFFF'FFFF;
-  for (int i = 0; i < 6; ++i) id.bytes[i] = static_cast<std::uint8_t>(ms >> (40 - 8 * i));
-  id.bytes[6] = static_cast<std::uint8_t>(0x70 | ((counter_ >> 8) & 0x0F));
-  id.bytes[7] = static_cast<std::uint8_t>(counter_ & 0xFF);
-  const std::uint64_t tail = tail_ & ((std::uint64_t{1} << 62) - 1);
-  id.bytes[8] = static_cast<std::uint8_t>(0x80 | ((tail >> 56) & 0x3F));
-  for (int i = 9; i < 16; ++i) id.bytes[i] = static_cast<std::uint8_t>(tail >> (8 * (15 - i)));
+  for (int i = 0; i < 8; ++i) {
+    id.bytes[i] = static_cast<std::uint8_t>(hi >> (56 - 8 * i));
+    id.bytes[8 + i] = static_cast<std::uint8_t>(lo >> (56 - 8 * i));
+  }
   return id;
 }
 

@@ -4,6 +4,7 @@
 #include <postbox/error.hpp>
 
 #include <cerrno>
+#include <optional>
 #include <random>
 
 namespace postbox::detail {
@@ -41,6 +42,7 @@ channel_socket::channel_socket(context& ctx, zmq::socket_type type, std::string_
       if (ep.mode == endpoint_mode::bind) {
         socket.bind(ep.address);
         endpoints.push_back(socket.get(zmq::sockopt::last_endpoint));
+        bound_.push_back(endpoints.back());
       } else {
         socket.connect(ep.address);
         endpoints.push_back(ep.address);
@@ -52,6 +54,13 @@ channel_socket::channel_socket(context& ctx, zmq::socket_type type, std::string_
   }
 }
 
+channel_socket::~channel_socket() {
+  // Unbinding now, rather than when libzmq's reaper gets to the socket, frees
+  // the address at once: a restarted channel can bind it again right away.
+  if (socket.handle() == nullptr) return;
+  for (const auto& ep : bound_) (void)zmq_unbind(socket.handle(), ep.c_str());
+}
+
 stamp channel_socket::next_stamp() noexcept {
   stamp s;
   s.timestamp_us = now_us();
@@ -61,8 +70,9 @@ stamp channel_socket::next_stamp() noexcept {
 
 int remaining_ms(std::chrono::steady_clock::time_point deadline, bool forever) noexcept {
   if (forever) return -1;
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - std::chrono::steady_clock::now());
+  // Rounded up: a wait never ends before its deadline.
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline -
+                                                                 std::chrono::steady_clock::now());
   return left.count() > 0 ? static_cast<int>(left.count()) : 0;
 }
 
@@ -76,7 +86,8 @@ std::uint64_t random_nonzero() {
 send_result channel_socket::send(encoded& frames, std::chrono::milliseconds timeout,
                                  zmq::message_t* prefix, std::size_t prefix_count) {
   const bool forever = timeout.count() < 0;
-  const auto deadline = std::chrono::steady_clock::now() + (forever ? decltype(timeout){0} : timeout);
+  // The clock is read only once a send has to wait: the fast path is one call.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
   void* handle = socket.handle();
   zmq_msg_t* first = prefix_count > 0 ? prefix[0].handle() : frames.first.handle();
   const std::size_t total = prefix_count + static_cast<std::size_t>(frames.frames);
@@ -88,10 +99,14 @@ send_result channel_socket::send(encoded& frames, std::chrono::milliseconds time
     const int flags = first_flags | (forever ? 0 : ZMQ_DONTWAIT);
     if (zmq_msg_send(first, handle, flags) >= 0) break;
     const int err = zmq_errno();
-    if (err == EHOSTUNREACH) return send_result::unreachable;
+    if (err == EHOSTUNREACH) {
+      ++stats.unreachable;
+      return send_result::unreachable;
+    }
     if (err == EINTR) continue;
     if (err != EAGAIN) throw transport_error(std::string("send: ") + zmq_strerror(err));
-    const int wait = remaining_ms(deadline, forever);
+    if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
+    const int wait = remaining_ms(*deadline, forever);
     if (wait == 0) {
       ++stats.would_block;
       return timeout.count() == 0 ? send_result::would_block : send_result::timed_out;
@@ -116,7 +131,7 @@ send_result channel_socket::send(encoded& frames, std::chrono::milliseconds time
 received_frames channel_socket::receive(zmq::message_t* out, std::size_t max,
                                         std::chrono::milliseconds timeout) {
   const bool forever = timeout.count() < 0;
-  const auto deadline = std::chrono::steady_clock::now() + (forever ? decltype(timeout){0} : timeout);
+  std::optional<std::chrono::steady_clock::time_point> deadline;
   void* handle = socket.handle();
   received_frames result;
   zmq::message_t scratch;
@@ -126,7 +141,8 @@ received_frames channel_socket::receive(zmq::message_t* out, std::size_t max,
     const int err = zmq_errno();
     if (err == EINTR) return result;
     if (err != EAGAIN) throw transport_error(std::string("receive: ") + zmq_strerror(err));
-    const int wait = remaining_ms(deadline, forever);
+    if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
+    const int wait = remaining_ms(*deadline, forever);
     if (wait == 0) return result;
     zmq::pollitem_t item{handle, 0, ZMQ_POLLIN, 0};
     if (zmq_poll(&item, 1, wait) < 0) {

@@ -27,8 +27,11 @@ topic_pattern::topic_pattern(std::string_view pattern) : text_(pattern) {
   auto bad = [&](const char* why) {
     throw config_error("topic pattern \"" + text_ + "\": " + why);
   };
+  if (const auto nul = pattern.find('\0'); nul != std::string_view::npos) {
+    text_ = std::string(pattern.substr(0, nul)) + "...";  // printable in the message
+    bad("contains a 0x00 byte");
+  }
   if (pattern.empty()) bad("empty pattern (subscribe to the prefix \"\" for everything)");
-  if (pattern.find('\0') != std::string_view::npos) bad("contains a 0x00 byte");
   std::string_view rest = pattern;
   bool more = true;
   std::size_t literal = 0;  // bytes of the literal prefix, including its trailing dot
@@ -48,6 +51,11 @@ topic_pattern::topic_pattern(std::string_view pattern) : text_(pattern) {
     prefix_ = text_;
     prefix_.push_back('\0');
   }
+}
+
+bool prefix_matches(std::string_view filter, std::string_view topic) noexcept {
+  if (filter.size() <= topic.size()) return topic.starts_with(filter);
+  return filter.size() == topic.size() + 1 && filter.back() == '\0' && filter.starts_with(topic);
 }
 
 bool topic_pattern::matches(std::string_view topic) const noexcept {

@@ -51,10 +51,12 @@ namespace detail {
 
 bool receive_decoded(channel_socket& core, zmq::message_t (&frames)[2], message& into,
                      std::chrono::milliseconds timeout) {
-  const bool forever = timeout.count() < 0;
-  const auto deadline = std::chrono::steady_clock::now() + (forever ? decltype(timeout){0} : timeout);
+  // The deadline is computed only when a rejected message makes us wait
+  // again: the common case reads no clock.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  auto wait = timeout;
   while (true) {
-    const auto got = core.receive(frames, 2, std::chrono::milliseconds(remaining_ms(deadline, forever)));
+    const auto got = core.receive(frames, 2, wait);
     if (!got.got) return false;
     const auto reason = got.count > 2 ? std::optional(reject_reason::frame_count)
                                       : decode(frames, got.count, into);
@@ -63,7 +65,11 @@ bool receive_decoded(channel_socket& core, zmq::message_t (&frames)[2], message&
       return true;
     }
     core.stats.rejected.count(*reason);
-    if (!forever && remaining_ms(deadline, false) == 0) return false;
+    if (timeout.count() > 0) {
+      if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
+      wait = std::chrono::milliseconds(remaining_ms(*deadline, false));
+      if (wait.count() == 0) return false;
+    }
   }
 }
 

@@ -95,13 +95,8 @@ void publisher::drain_subscriptions(int wait_ms) {
 bool publisher::has_subscriber_for(std::string_view topic) const {
   // A SUB filter takes a message when it is a prefix of the first frame,
   // which starts with the topic and its 0x00 terminator.
-  for (const auto& [filter, count] : subscriptions_) {
-    const std::string_view f = filter;
-    if (f.size() <= topic.size() ? topic.starts_with(f)
-                                 : (f.size() == topic.size() + 1 && f.starts_with(topic) &&
-                                    f.back() == '\0')) {
-      return true;
-    }
+  for (const auto& entry : subscriptions_) {
+    if (prefix_matches(entry.first, topic)) return true;
   }
   return false;
 }
@@ -184,7 +179,7 @@ void subscriber::unsubscribe(std::string_view text) {
 bool subscriber::wanted(std::string_view topic) const noexcept {
   if (!any_pattern_) return true;  // the socket's prefix filter decided already
   for (const auto& f : filters_) {
-    if (f.pattern ? f.pattern->matches(topic) : topic.starts_with(f.socket_prefix)) return true;
+    if (f.pattern ? f.pattern->matches(topic) : prefix_matches(f.socket_prefix, topic)) return true;
   }
   return false;
 }
@@ -215,16 +210,19 @@ void subscriber::track(const message& m) {
 }
 
 bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
-  const bool forever_wait = timeout.count() < 0;
-  const auto deadline = std::chrono::steady_clock::now() + (forever_wait ? decltype(timeout){0} : timeout);
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  auto wait = timeout;
   while (true) {
-    const auto left = std::chrono::milliseconds(detail::remaining_ms(deadline, forever_wait));
-    if (!detail::receive_decoded(core_, frames_, into, left)) return false;
+    if (!detail::receive_decoded(core_, frames_, into, wait)) return false;
     track(into);
     if (wanted(into.topic())) return true;
     --core_.stats.received;
     ++core_.stats.filtered;
-    if (!forever_wait && left.count() == 0) return false;
+    if (timeout.count() > 0) {
+      if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
+      wait = std::chrono::milliseconds(detail::remaining_ms(*deadline, false));
+      if (wait.count() == 0) return false;
+    }
   }
 }
 

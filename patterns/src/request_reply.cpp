@@ -8,8 +8,15 @@ namespace postbox {
 
 requester::requester(context& ctx, std::string_view endpoints, const request_options& ropts,
                      const socket_options& opts)
-    : core_(ctx, zmq::socket_type::dealer, endpoints, endpoint_mode::connect, opts, true),
+    : ctx_(&ctx),
+      spec_(endpoints),
+      opts_(opts),
+      reopenable_(true),
+      core_(ctx, zmq::socket_type::dealer, endpoints, endpoint_mode::connect, opts, true),
       ropts_(ropts) {
+  for (const auto& ep : parse_endpoints(endpoints, endpoint_mode::connect)) {
+    if (ep.mode == endpoint_mode::bind) reopenable_ = false;  // rebinding could race the old socket
+  }
   if (ropts.timeout.count() <= 0) {
     throw config_error("request timeout must be positive, got " +
                        std::to_string(ropts.timeout.count()) + " ms");
@@ -25,12 +32,23 @@ std::optional<message> requester::request(std::string_view topic, std::string_vi
 
 std::optional<message> requester::request(const message& m) { return exchange(m); }
 
+void requester::reopen() {
+  detail::channel_socket fresh(*ctx_, zmq::socket_type::dealer, spec_, endpoint_mode::connect,
+                               opts_, true);
+  fresh.stats = core_.stats;
+  fresh.ids = core_.ids;
+  core_ = std::move(fresh);
+}
+
 std::optional<message> requester::exchange(const message& m) {
   stamp s = core_.next_stamp();
   const message_id id = m.id().is_nil() ? s.id : m.id();
   s.id = id;
   for (int attempt = 0; attempt <= ropts_.retries; ++attempt) {
-    if (attempt > 0) ++core_.stats.retries;
+    if (attempt > 0) {
+      ++core_.stats.retries;
+      if (reopenable_) reopen();
+    }
     const auto deadline = std::chrono::steady_clock::now() + ropts_.timeout;
     encode(m, s, scratch_);
     zmq::message_t delimiter;

@@ -1,9 +1,10 @@
 // postbox/message_id.hpp: 16-byte, time-ordered message identifiers.
 //
 // Layout (docs/protocol.md, "Message id"): the UUIDv7 layout. 48 bits of Unix
-// time in milliseconds, big-endian, then a per-generator sequence, then random
-// bits fixed per generator. Ids from one generator sort in the order they were
-// made; ids from different generators differ in their random bits.
+// time in milliseconds, big-endian, then a 12-bit sequence within the
+// millisecond, then 62 bits that start random per generator and count up by
+// one per id. Ids from one generator sort in the order they were made; ids
+// from different generators differ in their random bits.
 #pragma once
 
 #include <array>
@@ -34,8 +35,8 @@ class id_generator {
 
  private:
   std::uint64_t last_ms_ = 0;
-  std::uint64_t counter_ = 0;  // 12-bit sub-millisecond sequence, then carries into tail_
-  std::uint64_t tail_ = 0;     // 62 random bits
+  std::uint64_t counter_ = 0;  // 12-bit sequence within last_ms_; overflow moves last_ms_ on
+  std::uint64_t tail_ = 0;     // 62 bits: random start, +1 per id
 };
 
 }  // namespace postbox

@@ -35,6 +35,7 @@ struct channel_stats {
   std::uint64_t sent = 0;         ///< messages handed to libzmq
   std::uint64_t received = 0;     ///< messages delivered to the caller
   std::uint64_t would_block = 0;  ///< sends refused at the high-water mark or with no peer
+  std::uint64_t unreachable = 0;  ///< replies whose requester had gone
   reject_counts rejected;         ///< received bytes refused, by reason
   std::uint64_t filtered = 0;     ///< subscriber: arrived by socket prefix, matched no pattern
   std::uint64_t gaps = 0;         ///< subscriber: sequence jumps seen

@@ -12,6 +12,10 @@
 
 namespace postbox {
 
+/// Whether a ZeroMQ SUB filter takes a message on `topic`: the filter is a
+/// prefix of the first frame, which starts with the topic and its 0x00.
+[[nodiscard]] bool prefix_matches(std::string_view filter, std::string_view topic) noexcept;
+
 class topic_pattern {
  public:
   /// Throws config_error for an empty pattern, an empty token, or ">" that

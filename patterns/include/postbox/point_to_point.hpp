@@ -41,9 +41,9 @@ class sender {
   /// once it has grown to the largest value).
   template <class T>
   void send_packed(std::string_view topic, const T& value) {
-    pack_buffer_.clear();
+    pack_buffer_.bytes.clear();
     msgpack::pack(pack_buffer_, value);
-    send(topic, std::string_view(pack_buffer_.data(), pack_buffer_.size()));
+    send(topic, pack_buffer_.view());
   }
 
   /// Sends unless it would wait longer than `timeout`: ok or timed_out.
@@ -68,7 +68,7 @@ class sender {
 
   detail::channel_socket core_;
   encoded scratch_;
-  msgpack::sbuffer pack_buffer_;
+  detail::pack_buffer pack_buffer_;
 };
 
 /// Receives messages from senders. One thread at a time; the context must
@@ -95,6 +95,7 @@ class receiver {
   zmq::message_t frames_[2];
 };
 
+static_assert(std::is_nothrow_move_constructible_v<sender>);
 static_assert(std::is_nothrow_move_constructible_v<receiver>);
 
 namespace detail {

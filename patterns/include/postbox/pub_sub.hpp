@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -55,9 +56,9 @@ class publisher {
   void publish(const message& m);
   template <class T>
   void publish_packed(std::string_view topic, const T& value) {
-    pack_buffer_.clear();
+    pack_buffer_.bytes.clear();
     msgpack::pack(pack_buffer_, value);
-    publish(topic, std::string_view(pack_buffer_.data(), pack_buffer_.size()));
+    publish(topic, pack_buffer_.view());
   }
 
   /// Waits until at least `n` postbox subscribers have subscribed (to
@@ -89,7 +90,7 @@ class publisher {
   std::map<std::string, std::uint64_t, std::less<>> subscribers_;    // subscriber id -> live markers
   std::uint32_t sends_since_drain_ = 0;
   encoded scratch_;
-  msgpack::sbuffer pack_buffer_;
+  detail::pack_buffer pack_buffer_;
 };
 
 /// A jump in one stream's sequence numbers, seen by a subscriber.
@@ -154,6 +155,9 @@ class subscriber {
   std::function<void(const gap_info&)> on_gap_;
   zmq::message_t frames_[2];
 };
+
+static_assert(std::is_nothrow_move_constructible_v<publisher>);
+static_assert(std::is_nothrow_move_constructible_v<subscriber>);
 
 namespace detail {
 /// Subscription marker prefix: byte 0xFF sorts after every UTF-8 topic, so a

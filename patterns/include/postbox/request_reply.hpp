@@ -3,9 +3,10 @@
 // message) so raw REQ clients can call a postbox replier too.
 //
 // A requester never gets stuck in REQ's lock-step: each attempt waits up to a
-// timeout, and a retry resends the same request (same id) over a socket that
-// reconnects by itself, so it survives a replier restart. Requests are
-// therefore at-least-once: a replier may see a retried request twice.
+// timeout, and a retry resends the same request (same id) over a fresh socket
+// (the "lazy pirate" pattern: it also works over inproc, which does not
+// reconnect), so it survives a replier restart. Requests are therefore
+// at-least-once: a replier may see a retried request twice.
 #pragma once
 
 #include <postbox/codec.hpp>
@@ -19,6 +20,7 @@
 #include <functional>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 
 namespace postbox {
 
@@ -47,7 +49,12 @@ class requester {
 
  private:
   std::optional<message> exchange(const message& m);
+  void reopen();
 
+  context* ctx_;
+  std::string spec_;
+  socket_options opts_;
+  bool reopenable_;
   detail::channel_socket core_;
   request_options ropts_;
   encoded scratch_;
@@ -90,5 +97,8 @@ class replier {
   encoded scratch_;
   zmq::message_t frames_[4];
 };
+
+static_assert(std::is_nothrow_move_constructible_v<requester>);
+static_assert(std::is_nothrow_move_constructible_v<replier>);
 
 }  // namespace postbox

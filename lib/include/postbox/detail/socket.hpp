@@ -31,6 +31,9 @@ class channel_socket {
  public:
   channel_socket(context& ctx, zmq::socket_type type, std::string_view endpoints,
                  endpoint_mode default_mode, const socket_options& opts, bool sending);
+  ~channel_socket();
+  channel_socket(channel_socket&&) noexcept = default;
+  channel_socket& operator=(channel_socket&&) noexcept = default;
 
   /// Sends the encoded frames after `prefix` frames (routing), waiting up to
   /// `timeout` (forever: block; 0: do not wait). Counts sent / would_block.
@@ -50,6 +53,17 @@ class channel_socket {
   std::vector<std::string> endpoints;  ///< as bound (resolved port) or connected
   channel_stats stats;
   id_generator ids;
+
+ private:
+  std::vector<std::string> bound_;  ///< resolved addresses to unbind on close
+};
+
+/// A msgpack output stream over a string: reused across sends, so packing
+/// allocates only while it grows; unlike msgpack::sbuffer it moves noexcept.
+struct pack_buffer {
+  std::string bytes;
+  void write(const char* data, std::size_t size) { bytes.append(data, size); }
+  [[nodiscard]] std::string_view view() const noexcept { return bytes; }
 };
 
 /// Milliseconds left until `deadline`, at least 0; -1 when there is none.

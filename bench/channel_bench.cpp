@@ -1,0 +1,270 @@
+// postbox-bench-channels: throughput of the postbox channels beside raw libzmq
+// measured in the same run (same transport, same payload size, single-frame
+// raw messages), and request/reply round-trip latency beside raw REQ/REP.
+//
+// usage: postbox-bench-channels [--quick]
+//
+// Each side of a pair has its own context (one I/O thread), as two processes
+// would. Every figure is the median of several rounds, raw and postbox
+// alternating, and the ratio postbox/raw is the figure to quote.
+#include <postbox/postbox.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+#include <zmq.hpp>
+
+// ---- heap allocations made by the calling thread (operator new only) ----
+namespace {
+thread_local std::uint64_t allocations = 0;
+}
+void* operator new(std::size_t n) {
+  ++allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct config {
+  int rounds = 5;
+  double scale = 1.0;
+  std::string shape, transport;  // empty: all
+  std::size_t size = 0;          // 0: all
+  bool rpc = true;
+};
+
+struct result {
+  double msgs_per_s = 0;
+  double allocs_per_msg = 0;
+};
+
+std::string endpoint_for(const std::string& transport) {
+  static int n = 0;
+  if (transport == "tcp") return "tcp://127.0.0.1:*";
+  return "ipc://" + (std::filesystem::temp_directory_path() /
+                     ("postbox-bench-" + std::to_string(::getpid()) + "-" + std::to_string(++n)))
+                        .string();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// ---- raw libzmq: PUSH/PULL and XPUB/SUB, one frame per message ----
+
+result raw_run(const std::string& transport, bool pubsub, std::size_t size, int count) {
+  zmq::context_t rctx(1), sctx(1);
+  zmq::socket_t rx(rctx, pubsub ? zmq::socket_type::sub : zmq::socket_type::pull);
+  zmq::socket_t tx(sctx, pubsub ? zmq::socket_type::xpub : zmq::socket_type::push);
+  for (auto* s : {&rx, &tx}) {
+    s->set(zmq::sockopt::sndhwm, pubsub ? 0 : 10'000);
+    s->set(zmq::sockopt::rcvhwm, pubsub ? 0 : 10'000);
+    s->set(zmq::sockopt::linger, 1000);
+  }
+  if (pubsub) rx.set(zmq::sockopt::subscribe, "");
+  tx.bind(endpoint_for(transport));
+  rx.connect(tx.get(zmq::sockopt::last_endpoint));
+  if (pubsub) {
+    zmq::message_t sub;
+    (void)tx.recv(sub);  // the subscription has arrived: nothing is published into the void
+  }
+  double seconds = 0;
+  std::thread receiver([&] {
+    zmq::message_t m;
+    (void)rx.recv(m);
+    const auto start = clock_type::now();
+    for (int i = 1; i < count; ++i) (void)rx.recv(m);
+    seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  });
+  std::string payload(size, 'x');
+  for (int i = 0; i < count; ++i) tx.send(zmq::buffer(payload));
+  receiver.join();
+  return {(count - 1) / seconds, 0};
+}
+
+// ---- postbox channels ----
+
+result postbox_run(const std::string& transport, bool pubsub, std::size_t size, int count) {
+  postbox::context rctx, sctx;
+  postbox::socket_options opts;
+  if (pubsub) opts.send_hwm = opts.receive_hwm = 0;
+  double seconds = 0;
+  std::string payload(size, 'x');
+  std::uint64_t allocs = 0;
+  const std::string topic = "bench.topic";
+  if (pubsub) {
+    postbox::publisher pub(sctx, "@" + endpoint_for(transport), opts);
+    postbox::subscriber sub(rctx, ">" + pub.endpoints().front(), opts);
+    sub.subscribe("bench.");
+    if (!pub.wait_for_subscribers(1, std::chrono::seconds(10))) std::abort();
+    std::thread receiver([&] {
+      postbox::message m;
+      (void)sub.receive(m);
+      const auto start = clock_type::now();
+      for (int i = 1; i < count; ++i) (void)sub.receive(m);
+      seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    });
+    pub.publish(topic, payload);  // first publish creates the topic's counter
+    const auto before = allocations;
+    for (int i = 1; i < count; ++i) pub.publish(topic, payload);
+    allocs = allocations - before;
+    receiver.join();
+    if (sub.stats().missed != 0) std::fprintf(stderr, "warning: subscriber missed messages\n");
+  } else {
+    postbox::sender tx(sctx, "@" + endpoint_for(transport), opts);
+    postbox::receiver rx(rctx, ">" + tx.endpoints().front(), opts);
+    std::thread receiver([&] {
+      postbox::message m;
+      (void)rx.receive(m);
+      const auto start = clock_type::now();
+      for (int i = 1; i < count; ++i) (void)rx.receive(m);
+      seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    });
+    tx.send(topic, payload);
+    const auto before = allocations;
+    for (int i = 1; i < count; ++i) tx.send(topic, payload);
+    allocs = allocations - before;
+    receiver.join();
+  }
+  return {(count - 1) / seconds, static_cast<double>(allocs) / (count - 1)};
+}
+
+// ---- request/reply latency ----
+
+struct latency {
+  double p50_us = 0, p99_us = 0;
+};
+
+latency percentiles(std::vector<double>& v) {
+  std::sort(v.begin(), v.end());
+  return {v[v.size() / 2], v[v.size() * 99 / 100]};
+}
+
+latency raw_rpc(int count) {
+  zmq::context_t cctx(1), sctx(1);
+  zmq::socket_t rep(sctx, zmq::socket_type::rep), req(cctx, zmq::socket_type::req);
+  rep.bind("tcp://127.0.0.1:*");
+  req.connect(rep.get(zmq::sockopt::last_endpoint));
+  std::thread server([&] {
+    zmq::message_t m;
+    for (int i = 0; i < count; ++i) {
+      (void)rep.recv(m);
+      rep.send(m, zmq::send_flags::none);
+    }
+  });
+  std::vector<double> us;
+  std::string payload(100, 'x');
+  zmq::message_t reply;
+  for (int i = 0; i < count; ++i) {
+    const auto t0 = clock_type::now();
+    req.send(zmq::buffer(payload));
+    (void)req.recv(reply);
+    us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  }
+  server.join();
+  return percentiles(us);
+}
+
+latency postbox_rpc(int count) {
+  postbox::context cctx, sctx;
+  postbox::replier rep(sctx, "@tcp://127.0.0.1:*");
+  postbox::requester req(cctx, ">" + rep.endpoints().front());
+  std::thread server([&] {
+    for (int i = 0; i < count; ++i) {
+      auto r = rep.receive(std::chrono::seconds(10));
+      if (!r) return;
+      (void)rep.reply(*r, r->msg.payload());
+    }
+  });
+  std::vector<double> us;
+  std::string payload(100, 'x');
+  for (int i = 0; i < count; ++i) {
+    const auto t0 = clock_type::now();
+    auto reply = req.request("bench.rpc", payload);
+    if (!reply) std::abort();
+    us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  }
+  server.join();
+  return percentiles(us);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  config cfg;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      cfg.rounds = 3;
+      cfg.scale = 0.2;
+    } else if (std::strcmp(argv[i], "--only") == 0 && i + 3 < argc) {
+      cfg.shape = argv[++i];
+      cfg.transport = argv[++i];
+      cfg.size = std::strtoul(argv[++i], nullptr, 10);
+      cfg.rpc = false;
+    } else {
+      std::fprintf(stderr,
+                   "usage: postbox-bench-channels [--quick] [--only push/pull|pub/sub tcp|ipc BYTES]\n");
+      return 2;
+    }
+  }
+#ifndef NDEBUG
+  std::printf("WARNING: built without optimisation (NDEBUG unset); figures are not comparable\n");
+#endif
+  std::printf("postbox channel throughput beside raw libzmq (median of %d rounds)\n", cfg.rounds);
+  std::printf("%-10s %-5s %6s %14s %10s %14s %10s %7s %12s\n", "shape", "tx", "bytes", "raw msg/s",
+              "raw MB/s", "postbox msg/s", "pb MB/s", "ratio", "allocs/msg");
+  bool target_met = true;
+  for (const char* shape : {"push/pull", "pub/sub"}) {
+    const bool pubsub = std::strcmp(shape, "pub/sub") == 0;
+    if (!cfg.shape.empty() && cfg.shape != shape) continue;
+    for (const std::string transport : {"tcp", "ipc"}) {
+      if (!cfg.transport.empty() && cfg.transport != transport) continue;
+      for (std::size_t size : {16, 100, 1024}) {
+        if (cfg.size != 0 && cfg.size != size) continue;
+        const int count = static_cast<int>((size >= 1024 ? 400'000 : 1'000'000) * cfg.scale);
+        std::vector<double> raw, pb;
+        double allocs = 0;
+        for (int r = 0; r < cfg.rounds; ++r) {
+          raw.push_back(raw_run(transport, pubsub, size, count).msgs_per_s);
+          const auto p = postbox_run(transport, pubsub, size, count);
+          pb.push_back(p.msgs_per_s);
+          allocs = std::max(allocs, p.allocs_per_msg);
+        }
+        const double raw_m = median(raw), pb_m = median(pb), ratio = pb_m / raw_m;
+        std::printf("%-10s %-5s %6zu %14.0f %10.1f %14.0f %10.1f %7.2f %12.3f\n", shape,
+                    transport.c_str(), size, raw_m, raw_m * static_cast<double>(size) / 1e6, pb_m,
+                    pb_m * static_cast<double>(size) / 1e6,
+                    ratio, allocs);
+        std::fflush(stdout);
+        if (transport == "tcp" && size == 100 && ratio < 0.8) target_met = false;
+      }
+    }
+  }
+  if (!cfg.rpc) return 0;
+  const int rpc_count = static_cast<int>(20'000 * cfg.scale);
+  const auto raw_l = raw_rpc(rpc_count);
+  const auto pb_l = postbox_rpc(rpc_count);
+  std::printf("\nrequest/reply round trip, 100-byte payload, tcp, %d calls\n", rpc_count);
+  std::printf("  raw REQ/REP          p50 %8.1f us   p99 %8.1f us\n", raw_l.p50_us, raw_l.p99_us);
+  std::printf("  postbox requester    p50 %8.1f us   p99 %8.1f us   (p50 ratio %.2f)\n",
+              pb_l.p50_us, pb_l.p99_us, pb_l.p50_us / raw_l.p50_us);
+  std::printf("\ntarget (tcp, 100 bytes, postbox/raw >= 0.80 for push/pull and pub/sub): %s\n",
+              target_met ? "met" : "NOT met");
+  return 0;
+}

@@ -1,0 +1,223 @@
+// Integration: publish/subscribe channels over tcp, ipc and inproc.
+#include <catch2/catch.hpp>
+
+#include <postbox/postbox.hpp>
+
+#include "support/support.hpp"
+
+#include <map>
+
+using namespace std::chrono_literals;
+using postbox::test::transport_kind;
+
+namespace {
+
+// The reference rule the subscribers must follow, written independently of
+// topic.cpp: a prefix takes what starts with it; in a pattern "*" is one
+// token and a final ">" one or more.
+bool reference_match(const std::string& filter, bool pattern, const std::string& topic) {
+  if (!pattern) return topic.rfind(filter, 0) == 0;
+  std::vector<std::string> f, t;
+  auto split = [](const std::string& s, std::vector<std::string>& out) {
+    std::size_t start = 0;
+    while (true) {
+      auto dot = s.find('.', start);
+      out.push_back(s.substr(start, dot - start));
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+  };
+  split(filter, f);
+  split(topic, t);
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    if (f[i] == ">") return t.size() > i;
+    if (i >= t.size()) return false;
+    if (f[i] != "*" && f[i] != t[i]) return false;
+  }
+  return f.size() == t.size();
+}
+
+}  // namespace
+
+TEST_CASE("pub/sub: each subscriber gets exactly the messages its filters match, in order",
+          "[integration][pubsub]") {
+  const auto transport = GENERATE(transport_kind::tcp, transport_kind::ipc, transport_kind::inproc);
+  INFO("transport " << postbox::test::name(transport));
+  postbox::test::temp_dir dir;
+  postbox::context ctx;
+  postbox::publisher pub(ctx, "@" + postbox::test::bind_address(transport, dir));
+
+  struct spec {
+    std::string filter;
+    bool pattern;
+  };
+  const std::vector<spec> specs = {{"orders.", false},
+                                   {"orders.*.created", true},
+                                   {"billing.>", true},
+                                   {"orders.eu.created", true},
+                                   {"", false}};
+  std::vector<postbox::subscriber> subs;
+  for (const auto& s : specs) {
+    subs.emplace_back(ctx, ">" + pub.endpoints().front());
+    if (s.pattern) {
+      subs.back().subscribe_pattern(s.filter);
+    } else {
+      subs.back().subscribe(s.filter);
+    }
+  }
+  REQUIRE(pub.wait_for_subscribers(specs.size(), 10s));
+
+  const std::vector<std::string> topics = {
+      "orders.eu.created", "orders.us.created", "orders.eu.cancelled", "orders.eu.created.v2",
+      "orders",            "billing.invoice",   "billing.invoice.paid", "billing",
+      "ordersx.eu.created", "shipping.eu.created"};
+  std::vector<std::pair<std::string, std::string>> published;
+  for (int i = 0; i < 400; ++i) {
+    const auto& t = topics[static_cast<std::size_t>(i) * 7 % topics.size()];
+    published.emplace_back(t, std::to_string(i));
+    pub.publish(t, std::to_string(i));
+  }
+
+  for (std::size_t s = 0; s < specs.size(); ++s) {
+    INFO("filter \"" << specs[s].filter << "\"");
+    std::vector<std::pair<std::string, std::string>> expected, got;
+    for (const auto& p : published) {
+      if (reference_match(specs[s].filter, specs[s].pattern, p.first)) expected.push_back(p);
+    }
+    REQUIRE_FALSE(expected.empty());
+    while (got.size() < expected.size()) {
+      auto m = subs[s].receive(5s);
+      if (!m) break;
+      got.emplace_back(std::string(m->topic()), std::string(m->payload()));
+    }
+    CHECK(got == expected);
+    CHECK_FALSE(subs[s].receive(100ms));
+    CHECK(subs[s].stats().gaps == 0);
+    CHECK(subs[s].stats().rejected.total() == 0);
+  }
+}
+
+TEST_CASE("pub/sub: waiting for subscribers, then publishing, loses nothing",
+          "[integration][pubsub]") {
+  const auto transport = GENERATE(transport_kind::tcp, transport_kind::ipc, transport_kind::inproc);
+  INFO("transport " << postbox::test::name(transport));
+  postbox::test::temp_dir dir;
+  postbox::context ctx;
+  postbox::publisher pub(ctx, "@" + postbox::test::bind_address(transport, dir));
+  CHECK_FALSE(pub.wait_for_subscribers(1, 50ms));
+
+  postbox::subscriber a(ctx, ">" + pub.endpoints().front());
+  postbox::subscriber b(ctx, ">" + pub.endpoints().front());
+  a.subscribe("alerts.");
+  b.subscribe_pattern("alerts.>");
+  REQUIRE(pub.wait_for_subscribers(2, 10s));
+  CHECK(pub.subscriber_count() == 2);
+  // Published the moment the wait returns: none of it may miss a subscriber.
+  for (int i = 0; i < 1000; ++i) pub.publish("alerts.fire", std::to_string(i));
+  for (auto* s : {&a, &b}) {
+    for (int i = 0; i < 1000; ++i) {
+      auto m = s->receive(5s);
+      REQUIRE(m);
+      CHECK(m->payload() == std::to_string(i));
+      CHECK(m->sequence() == static_cast<std::uint64_t>(i + 1));
+      CHECK(m->origin() == pub.origin());
+    }
+  }
+}
+
+TEST_CASE("pub/sub: a publisher can wait for a subscriber of one topic",
+          "[integration][pubsub]") {
+  postbox::context ctx;
+  postbox::publisher pub(ctx, "@tcp://127.0.0.1:*");
+  // A raw ZeroMQ SUB counts for a topic wait, though not as a postbox subscriber.
+  zmq::socket_t raw(ctx.native(), zmq::socket_type::sub);
+  raw.set(zmq::sockopt::subscribe, "metrics.cpu");
+  raw.connect(pub.endpoints().front());
+  postbox::subscriber exact(ctx, ">" + pub.endpoints().front());
+  exact.subscribe_pattern("logs.app");
+  CHECK(pub.wait_for_subscriber("metrics.cpu.load", 10s));
+  CHECK(pub.wait_for_subscriber("logs.app", 10s));
+  CHECK_FALSE(pub.wait_for_subscriber("logs.app.debug", 100ms));  // exact pattern only
+  CHECK_FALSE(pub.wait_for_subscriber("metrics.mem", 100ms));
+  CHECK(pub.subscriber_count() == 1);
+}
+
+TEST_CASE("pub/sub: a gap forced by a high-water-mark drop is counted, and nothing else is lost",
+          "[integration][pubsub]") {
+  const auto transport = GENERATE(transport_kind::tcp, transport_kind::ipc, transport_kind::inproc);
+  INFO("transport " << postbox::test::name(transport));
+  postbox::test::temp_dir dir;
+  postbox::context ctx;
+  postbox::socket_options small;
+  small.send_hwm = 10;
+  small.receive_hwm = 10;
+  postbox::publisher pub(ctx, "@" + postbox::test::bind_address(transport, dir), small);
+  postbox::subscriber sub(ctx, ">" + pub.endpoints().front(), small);
+  sub.subscribe("ticks");
+  std::uint64_t reported = 0, callbacks = 0;
+  sub.on_gap([&](const postbox::gap_info& g) {
+    CHECK(g.topic == "ticks");
+    CHECK(g.received > g.expected);
+    reported += g.missed();
+    ++callbacks;
+  });
+  REQUIRE(pub.wait_for_subscribers(1, 10s));
+
+  // Far more than every queue and socket buffer holds, while nobody reads.
+  constexpr int burst = 20'000;
+  const std::string payload(1024, 'p');
+  for (int i = 0; i < burst; ++i) pub.publish("ticks", payload);
+
+  std::uint64_t first = 0, last = 0, received = 0;
+  postbox::message m;
+  while (sub.receive(m, 500ms)) {
+    if (first == 0) first = m.sequence();
+    last = m.sequence();
+    ++received;
+  }
+  // The queues are empty now, so this one must arrive.
+  pub.publish("ticks", "final");
+  REQUIRE(sub.receive(m, 5s));
+  last = m.sequence();
+  ++received;
+
+  CHECK(last == burst + 1);
+  CHECK(sub.stats().gaps >= 1);
+  CHECK(sub.stats().missed >= 1);
+  CHECK(received + sub.stats().missed == last - first + 1);
+  CHECK(reported == sub.stats().missed);
+  CHECK(callbacks == sub.stats().gaps);
+}
+
+TEST_CASE("pub/sub: a pattern subscriber counts what its socket prefix let through but it did not want",
+          "[integration][pubsub]") {
+  postbox::context ctx;
+  postbox::publisher pub(ctx, "@inproc://filtered");
+  postbox::subscriber sub(ctx, ">inproc://filtered");
+  sub.subscribe_pattern("orders.*.created");
+  REQUIRE(pub.wait_for_subscribers(1, 10s));
+  pub.publish("orders.eu.cancelled", "no");
+  pub.publish("orders.eu.created", "yes");
+  auto m = sub.receive(5s);
+  REQUIRE(m);
+  CHECK(m->payload() == "yes");
+  CHECK(sub.stats().filtered == 1);
+  CHECK(sub.stats().received == 1);
+}
+
+TEST_CASE("pub/sub: unsubscribing stops the messages of that filter", "[integration][pubsub]") {
+  postbox::context ctx;
+  postbox::publisher pub(ctx, "@inproc://unsub");
+  postbox::subscriber sub(ctx, ">inproc://unsub");
+  sub.subscribe("a.");
+  sub.subscribe("b.");
+  REQUIRE(pub.wait_for_subscriber("b.x", 10s));
+  sub.unsubscribe("a.");
+  REQUIRE(postbox::test::wait_until([&] { return !pub.wait_for_subscriber("a.x", 0ms); }));
+  pub.publish("a.x", "1");
+  pub.publish("b.x", "2");
+  auto m = sub.receive(5s);
+  REQUIRE(m);
+  CHECK(m->topic() == "b.x");
+  CHECK_THROWS_AS(sub.subscribe_pattern("a.>.b"), postbox::config_error);
+}

@@ -1,0 +1,67 @@
+// Test support: temporary directories, endpoints per transport, waiting on a
+// condition with a deadline (never a fixed sleep), and child processes.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace postbox::test {
+
+/// A fresh directory, removed with everything in it on destruction.
+class temp_dir {
+ public:
+  temp_dir();
+  ~temp_dir();
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// The transports integration tests run over, for GENERATE.
+enum class transport_kind { tcp, ipc, inproc };
+[[nodiscard]] const char* name(transport_kind t);
+
+/// An endpoint to bind for `t`: tcp://127.0.0.1:* (any free port), an ipc
+/// path in `dir`, or a unique inproc name. Without prefix ('@' or '>').
+[[nodiscard]] std::string bind_address(transport_kind t, const temp_dir& dir);
+
+/// Polls `pred` until it holds or `timeout` passes; returns its last value.
+bool wait_until(const std::function<bool()>& pred,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+/// A child process with its stdout on a pipe; killed (SIGKILL) on destruction
+/// if still running.
+class child {
+ public:
+  explicit child(const std::vector<std::string>& argv);
+  ~child();
+  child(const child&) = delete;
+  child& operator=(const child&) = delete;
+
+  /// Reads one line of the child's stdout (without '\n'); empty optional at
+  /// EOF or when `timeout` passes.
+  [[nodiscard]] bool read_line(std::string& line,
+                               std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  void kill(int signal);
+  /// Waits for exit; returns the exit status (128+signal when killed), or -1
+  /// on timeout.
+  int wait(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  [[nodiscard]] int pid() const noexcept { return pid_; }
+
+ private:
+  int pid_ = -1;
+  int out_fd_ = -1;
+  std::string buffer_;
+  int status_ = -1;
+};
+
+/// The peer program's path (tests/support/peer_main.cpp).
+[[nodiscard]] std::string peer_path();
+
+}  // namespace postbox::test
