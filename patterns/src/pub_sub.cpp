@@ -184,8 +184,8 @@ bool subscriber::wanted(std::string_view topic) const noexcept {
   return false;
 }
 
-void subscriber::track(const message& m) {
-  if (m.sequence() == 0 || m.origin() == 0) return;
+bool subscriber::track(const message& m) {
+  if (m.sequence() == 0 || m.origin() == 0) return true;
   auto& topics = streams_[m.origin()];
   auto it = topics.find(m.topic());
   if (it == topics.end()) {
@@ -197,16 +197,23 @@ void subscriber::track(const message& m) {
       topics.emplace(std::string(m.topic()), m.sequence());
     }
     ++tracked_;
-    return;
+    return true;
   }
   const std::uint64_t expected = it->second + 1;
+  if (m.sequence() < expected) {
+    // Seen before: one stream's numbers only grow (a restarted publisher is
+    // a new origin), so this is a copy, e.g. a forwarder's last-value cache
+    // replaying to a newcomer.
+    ++core_.stats.duplicates;
+    return false;
+  }
   it->second = m.sequence();
   if (m.sequence() > expected) {
     ++core_.stats.gaps;
     core_.stats.missed += m.sequence() - expected;
     if (on_gap_) on_gap_(gap_info{m.topic(), m.origin(), expected, m.sequence()});
   }
-  // A lower number than expected: the stream was restarted; count from here.
+  return true;
 }
 
 bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
@@ -214,10 +221,10 @@ bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
   auto wait = timeout;
   while (true) {
     if (!detail::receive_decoded(core_, frames_, into, wait)) return false;
-    track(into);
-    if (wanted(into.topic())) return true;
+    const bool fresh = track(into);
+    if (fresh && wanted(into.topic())) return true;
     --core_.stats.received;
-    ++core_.stats.filtered;
+    if (fresh) ++core_.stats.filtered;
     if (timeout.count() > 0) {
       if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
       wait = std::chrono::milliseconds(detail::remaining_ms(*deadline, false));

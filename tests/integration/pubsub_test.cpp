@@ -221,3 +221,33 @@ TEST_CASE("pub/sub: unsubscribing stops the messages of that filter", "[integrat
   CHECK(m->topic() == "b.x");
   CHECK_THROWS_AS(sub.subscribe_pattern("a.>.b"), postbox::config_error);
 }
+
+TEST_CASE("pub/sub: a copy of a message already delivered is dropped and counted as a duplicate",
+          "[integration][pubsub]") {
+  postbox::context ctx;
+  zmq::socket_t raw(ctx.native(), zmq::socket_type::xpub);
+  raw.bind("inproc://dups");
+  postbox::subscriber sub(ctx, ">inproc://dups");
+  sub.subscribe("");
+  zmq::message_t subscription;
+  REQUIRE(raw.recv(subscription));
+  // One stream (origin 7) with numbers 1, 2, 5, 6, 6, 3, 7: docs/protocol.md's example.
+  for (std::uint64_t seq : {1, 2, 5, 6, 6, 3, 7}) {
+    postbox::encoded frames;
+    postbox::message_view v;
+    v.topic = "t";
+    v.origin = 7;
+    v.sequence = seq;
+    const auto text = std::to_string(seq);
+    v.payload = text;
+    postbox::encode(v, frames);
+    raw.send(frames.first, zmq::send_flags::none);
+  }
+  std::vector<std::string> got;
+  while (auto m = sub.receive(got.size() < 5 ? 5000ms : 100ms)) got.emplace_back(m->payload());
+  CHECK(got == std::vector<std::string>{"1", "2", "5", "6", "7"});
+  CHECK(sub.stats().gaps == 1);
+  CHECK(sub.stats().missed == 2);
+  CHECK(sub.stats().duplicates == 2);
+  CHECK(sub.stats().received == 5);
+}

@@ -40,6 +40,7 @@ struct channel_stats {
   std::uint64_t filtered = 0;     ///< subscriber: arrived by socket prefix, matched no pattern
   std::uint64_t gaps = 0;         ///< subscriber: sequence jumps seen
   std::uint64_t missed = 0;       ///< subscriber: messages those jumps skipped
+  std::uint64_t duplicates = 0;   ///< subscriber: already-seen sequence numbers, dropped
   std::uint64_t retries = 0;      ///< requester: requests sent again after a timeout
   std::uint64_t timeouts = 0;     ///< requester: requests that got no reply at all
   std::uint64_t stale_replies = 0;  ///< requester: replies to an earlier request, dropped

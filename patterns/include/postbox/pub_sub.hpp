@@ -129,6 +129,8 @@ class subscriber {
   [[nodiscard]] const channel_stats& stats() const noexcept { return core_.stats; }
   [[nodiscard]] zmq::socket_t& native() noexcept { return core_.socket; }
 
+  /// A message whose sequence number its stream has passed already is a
+  /// duplicate: it is dropped and counted in stats().duplicates.
   /// At most this many (origin, topic) streams are tracked for gaps; past
   /// it the table starts afresh (and the first message of each stream after
   /// that is not checked).
@@ -141,7 +143,8 @@ class subscriber {
     std::string socket_prefix;
   };
   [[nodiscard]] bool wanted(std::string_view topic) const noexcept;
-  void track(const message& m);
+  /// Gap accounting; false when `m` is a duplicate to drop.
+  [[nodiscard]] bool track(const message& m);
   void announce();
 
   detail::channel_socket core_;
