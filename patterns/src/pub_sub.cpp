@@ -5,6 +5,7 @@
 #include <postbox/point_to_point.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 
 namespace postbox {
@@ -18,10 +19,12 @@ constexpr std::uint32_t drain_every = 1024;
 // ---------------------------------------------------------------- publisher
 
 publisher::publisher(context& ctx, std::string_view endpoints, const socket_options& opts)
-    : core_(ctx, zmq::socket_type::xpub, endpoints, endpoint_mode::bind, opts, false),
+    : core_(ctx, zmq::socket_type::xpub, endpoints, endpoint_mode::bind, opts, true),
       origin_(detail::random_nonzero()) {
   // Every subscribe and unsubscribe reaches us, duplicates included, so the
-  // counts below stay exact as subscribers come and go.
+  // counts below stay exact as subscribers come and go. ZMQ_IMMEDIATE (set
+  // as for every sending socket) matters here too: without it a connection
+  // that drops keeps its pipe, and with it the pipe's stale subscriptions.
   core_.socket.set(zmq::sockopt::xpub_verboser, 1);
 }
 
@@ -136,6 +139,17 @@ subscriber::subscriber(context& ctx, std::string_view endpoints, const socket_op
   std::snprintf(id, sizeof id, "%016llx",
                 static_cast<unsigned long long>(detail::random_nonzero()));
   marker_base_ = std::string(detail::subscriber_marker) + id + ".";
+  // Connections that complete after this one are reconnections (or new
+  // endpoints): each makes us send the filters again.
+  const std::string monitor_endpoint = "inproc://postbox-subscriber-monitor-" + std::string(id);
+  if (zmq_socket_monitor(core_.socket.handle(), monitor_endpoint.c_str(),
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0) {
+    throw transport_error("subscriber: cannot monitor its socket: " +
+                          std::string(zmq_strerror(zmq_errno())));
+  }
+  monitor_ = zmq::socket_t(ctx.native(), zmq::socket_type::pair);
+  monitor_.set(zmq::sockopt::linger, 0);
+  monitor_.connect(monitor_endpoint);
 }
 
 void subscriber::announce() {
@@ -216,20 +230,54 @@ bool subscriber::track(const message& m) {
   return true;
 }
 
+void subscriber::resubscribe_after_reconnect() {
+  bool reconnected = false;
+  zmq::message_t event;
+  while (zmq_msg_recv(event.handle(), monitor_.handle(), ZMQ_DONTWAIT) >= 0) {
+    if (!event.more()) reconnected = true;  // the last frame of one event
+  }
+  if (!reconnected || filters_.empty()) return;
+  // libzmq 4.3 may not resend a SUB's filters over a connection that came
+  // back (its resend happens while the link is down, and is lost), so a
+  // publisher or forwarder that restarted would never hear of them. Send
+  // them again: all unsubscribes first, so shared prefixes really go out.
+  for (const auto& f : filters_) core_.socket.set(zmq::sockopt::unsubscribe, f.socket_prefix);
+  for (const auto& f : filters_) core_.socket.set(zmq::sockopt::subscribe, f.socket_prefix);
+  announce();
+}
+
 bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
+  if (++receives_since_check_ >= 256) {
+    receives_since_check_ = 0;
+    resubscribe_after_reconnect();
+  }
   std::optional<std::chrono::steady_clock::time_point> deadline;
-  auto wait = timeout;
   while (true) {
-    if (!detail::receive_decoded(core_, frames_, into, wait)) return false;
-    const bool fresh = track(into);
-    if (fresh && wanted(into.topic())) return true;
-    --core_.stats.received;
-    if (fresh) ++core_.stats.filtered;
-    if (timeout.count() > 0) {
-      if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
-      wait = std::chrono::milliseconds(detail::remaining_ms(*deadline, false));
-      if (wait.count() == 0) return false;
+    if (detail::receive_decoded(core_, frames_, into, std::chrono::milliseconds(0))) {
+      const bool fresh = track(into);
+      if (fresh && wanted(into.topic())) return true;
+      --core_.stats.received;
+      if (fresh) ++core_.stats.filtered;
+      continue;
     }
+    // Nothing queued: wait for a message, or for a reconnection to handle.
+    int wait = -1;
+    if (timeout.count() >= 0) {
+      if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
+      wait = detail::remaining_ms(*deadline, false);
+      if (wait == 0) {
+        resubscribe_after_reconnect();
+        return false;
+      }
+    }
+    zmq_pollitem_t items[2] = {{core_.socket.handle(), 0, ZMQ_POLLIN, 0},
+                               {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
+    const int ready = zmq_poll(items, 2, wait);
+    if (ready < 0) {
+      if (zmq_errno() == EINTR) return false;
+      throw transport_error(std::string("receive: ") + zmq_strerror(zmq_errno()));
+    }
+    if (items[1].revents & ZMQ_POLLIN) resubscribe_after_reconnect();
   }
 }
 

@@ -251,3 +251,43 @@ TEST_CASE("pub/sub: a copy of a message already delivered is dropped and counted
   CHECK(sub.stats().duplicates == 2);
   CHECK(sub.stats().received == 5);
 }
+
+TEST_CASE("pub/sub: a subscriber hears a publisher restarted on the same endpoint",
+          "[integration][pubsub]") {
+  const auto transport = GENERATE(transport_kind::tcp, transport_kind::ipc);
+  INFO("transport " << postbox::test::name(transport));
+  postbox::test::temp_dir dir;
+  postbox::context ctx;
+  postbox::socket_options fast;
+  fast.reconnect_interval = 10ms;
+  fast.reconnect_interval_max = 100ms;
+  auto pub = std::make_unique<postbox::publisher>(
+      ctx, "@" + postbox::test::bind_address(transport, dir), fast);
+  const auto where = pub->endpoints().front();
+  postbox::subscriber sub(ctx, ">" + where, fast);
+  sub.subscribe("news.");
+  sub.subscribe_pattern("news.>");  // the same socket prefix twice
+  REQUIRE(pub->wait_for_subscribers(1, 10s));
+  pub->publish("news.a", "before");
+  REQUIRE(sub.receive(5s));
+
+  pub.reset();
+  // The old listener goes away asynchronously; bind again once it has.
+  REQUIRE(postbox::test::wait_until([&] {
+    try {
+      pub = std::make_unique<postbox::publisher>(ctx, "@" + where, fast);
+      return true;
+    } catch (const postbox::transport_error&) {
+      return false;
+    }
+  }));
+  REQUIRE(postbox::test::wait_until([&] {
+    CHECK_FALSE(sub.receive(1ms));
+    return pub->wait_for_subscriber("news.b", 0ms) && pub->subscriber_count() == 1;
+  }));
+  pub->publish("news.b", "after");
+  auto m = sub.receive(5s);
+  REQUIRE(m);
+  CHECK(m->payload() == "after");
+  CHECK(m->origin() == pub->origin());
+}

@@ -58,12 +58,13 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds tim
   return true;
 }
 
-child::child(const std::vector<std::string>& argv) {
+child::child(const std::vector<std::string>& argv, bool merge_stderr) {
   int fds[2];
   if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  if (merge_stderr) posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
   posix_spawn_file_actions_addclose(&actions, fds[0]);
   posix_spawn_file_actions_addclose(&actions, fds[1]);
   std::vector<char*> args;
@@ -130,5 +131,6 @@ int child::wait(std::chrono::milliseconds timeout) {
 }
 
 std::string peer_path() { return POSTBOX_TEST_PEER; }
+std::string forwarder_path() { return POSTBOX_FORWARDER; }
 
 }  // namespace postbox::test

@@ -39,7 +39,9 @@ bool wait_until(const std::function<bool()>& pred,
 /// if still running.
 class child {
  public:
-  explicit child(const std::vector<std::string>& argv);
+  /// Starts argv[0] with argv; with `merge_stderr` its stderr goes to the
+  /// same pipe as its stdout (daemons log to stderr).
+  explicit child(const std::vector<std::string>& argv, bool merge_stderr = false);
   ~child();
   child(const child&) = delete;
   child& operator=(const child&) = delete;
@@ -63,5 +65,7 @@ class child {
 
 /// The peer program's path (tests/support/peer_main.cpp).
 [[nodiscard]] std::string peer_path();
+/// The postbox-forwarder executable's path.
+[[nodiscard]] std::string forwarder_path();
 
 }  // namespace postbox::test

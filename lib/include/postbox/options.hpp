@@ -34,7 +34,8 @@ struct socket_options {
   /// Larger frames make libzmq drop the connection.
   std::int64_t max_message_size = 64 * 1024 * 1024;
   /// Queue messages only to completed connections: a send with no peer
-  /// blocks or reports would-block instead of waiting in a dead pipe.
+  /// blocks or reports would-block instead of waiting in a dead pipe, and a
+  /// publisher forgets a dropped connection's subscriptions at once.
   bool immediate = true;
 };
 

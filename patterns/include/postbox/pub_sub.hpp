@@ -104,6 +104,10 @@ struct gap_info {
 
 /// Receives the messages its filters take. One thread at a time; the context
 /// must outlive it. Endpoints default to connect ("@" to bind).
+///
+/// When a connection comes back (a restarted publisher or forwarder), the
+/// filters are sent again from inside receive(): libzmq 4.3 does not always
+/// do it, so keep receiving (any timeout, even 0) and the link heals.
 class subscriber {
  public:
   subscriber(context& ctx, std::string_view endpoints, const socket_options& opts = {});
@@ -146,6 +150,7 @@ class subscriber {
   /// Gap accounting; false when `m` is a duplicate to drop.
   [[nodiscard]] bool track(const message& m);
   void announce();
+  void resubscribe_after_reconnect();
 
   detail::channel_socket core_;
   std::vector<filter> filters_;
@@ -157,6 +162,8 @@ class subscriber {
   std::size_t tracked_ = 0;
   std::function<void(const gap_info&)> on_gap_;
   zmq::message_t frames_[2];
+  zmq::socket_t monitor_;  // handshake events of core_.socket
+  std::uint32_t receives_since_check_ = 0;
 };
 
 static_assert(std::is_nothrow_move_constructible_v<publisher>);
