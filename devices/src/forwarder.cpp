@@ -116,6 +116,7 @@ struct forwarder::impl {
   socket_options options() const {
     socket_options o;
     o.max_message_size = config.max_message_size;
+    o.send_hwm = o.receive_hwm = config.hwm;
     return o;
   }
 

@@ -51,6 +51,7 @@ po::options_description describe() {
     ("strict", po::bool_switch(), "count and drop what is not a valid postbox envelope")
     ("last-value-cache", po::bool_switch(), "send each new subscriber the latest message of its topics (pubsub)")
     ("lvc-max-topics", po::value<std::size_t>()->default_value(10'000)->value_name("N"), "topics the last-value cache holds at most")
+    ("hwm", po::value<int>()->default_value(10'000)->value_name("N"), "messages queued per peer and direction (0: no limit)")
     ("max-message-size", po::value<std::int64_t>()->default_value(16 * 1024 * 1024)->value_name("BYTES"), "largest frame accepted; a larger one drops its connection")
     ("stats-interval", po::value<long>()->default_value(0)->value_name("SECONDS"), "log a one-line rate every SECONDS (0: never)")
     ("log-level", po::value<std::string>()->default_value("info")->value_name("LEVEL"), "error, warn, info or debug");
@@ -106,6 +107,8 @@ forwarder_command load_forwarder_config(int argc, const char* const* argv) {
   c.last_value_cache = vm["last-value-cache"].as<bool>();
   c.lvc_max_topics = vm["lvc-max-topics"].as<std::size_t>();
   c.max_message_size = vm["max-message-size"].as<std::int64_t>();
+  c.hwm = vm["hwm"].as<int>();
+  if (c.hwm < 0) throw config_error("--hwm must be >= 0, got " + std::to_string(c.hwm));
   const long interval = vm["stats-interval"].as<long>();
   c.log = parse_log_level(vm["log-level"].as<std::string>());
 

@@ -43,6 +43,10 @@ struct forwarder_config {
   /// At most this many topics are cached; messages on further topics pass
   /// but are not cached (counted as lvc_uncached).
   std::size_t lvc_max_topics = 10'000;
+  /// Messages queued per peer and direction (0: no limit). In pubsub mode a
+  /// subscriber whose queue is full misses messages (its gap accounting
+  /// reports them); in pipeline mode producers wait.
+  int hwm = 10'000;
   /// Larger frames make libzmq drop the sending connection (ZMQ_MAXMSGSIZE).
   std::int64_t max_message_size = 16 * 1024 * 1024;
   /// A one-line rate log every this many seconds; 0: none.
