@@ -62,8 +62,10 @@ std::string to_json(const forwarder_stats& s, const forwarder_config& c) {
   j += ",\"rejected\":{";
   for (std::size_t i = 0; i < reject_reason_count; ++i) {
     if (i) j += ",";
-    j += "\"" + std::string(to_string(static_cast<reject_reason>(i))) +
-         "\":" + std::to_string(s.rejected.by_reason[i]);
+    j += '"';
+    j += to_string(static_cast<reject_reason>(i));
+    j += "\":";
+    j += std::to_string(s.rejected.by_reason[i]);
   }
   j += "}}";
   return j;
