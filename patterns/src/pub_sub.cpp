@@ -231,10 +231,15 @@ bool subscriber::track(const message& m) {
 }
 
 void subscriber::resubscribe_after_reconnect() {
+  // Each event is two frames: [event id, value][endpoint]. The first
+  // handshake on an endpoint is the first connection, which carries the
+  // filters by itself; any later one is a reconnection.
   bool reconnected = false;
   zmq::message_t event;
   while (zmq_msg_recv(event.handle(), monitor_.handle(), ZMQ_DONTWAIT) >= 0) {
-    if (!event.more()) reconnected = true;  // the last frame of one event
+    if (event.more()) continue;
+    std::string endpoint = event.to_string();
+    if (!connected_.insert(std::move(endpoint)).second) reconnected = true;
   }
   if (!reconnected || filters_.empty()) return;
   // libzmq 4.3 may not resend a SUB's filters over a connection that came

@@ -21,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -163,6 +164,7 @@ class subscriber {
   std::function<void(const gap_info&)> on_gap_;
   zmq::message_t frames_[2];
   zmq::socket_t monitor_;  // handshake events of core_.socket
+  std::set<std::string> connected_;  // endpoints that completed a handshake once
   std::uint32_t receives_since_check_ = 0;
 };
 
