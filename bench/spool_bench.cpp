@@ -1,0 +1,206 @@
+// postbox-bench-spool: the durable spool (docs/spool-format.md) beside the
+// disk's own ceiling measured in the same run: append throughput of 100-byte
+// records under fsync_policy::always with concurrent appenders, against a raw
+// write+fdatasync loop writing the same bytes in the same batch sizes; then
+// read-back throughput, recovery time per GiB and memory per pending record.
+//
+// usage: postbox-bench-spool [--dir DIR] [--quick] [--full] [--threads N]
+#include <postbox/spool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <malloc.h>
+#include <string>
+#include <sys/vfs.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+long rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  return 0;
+}
+
+struct config {
+  fs::path dir;
+  std::uint64_t records = 1'000'000;
+  std::uint64_t recovery_bytes = 256ull << 20;
+  std::uint64_t pending = 1'000'000;
+  int threads = 4;
+};
+
+struct append_result {
+  double records_per_s = 0;
+  double records_per_batch = 0;
+};
+
+append_result bench_append(const fs::path& dir, const config& cfg, const std::string& payload) {
+  postbox::spool s(dir, {.segment_size = 256u << 20});
+  std::atomic<std::uint64_t> done{0}, failed{0};
+  const std::uint64_t per_thread = cfg.records / static_cast<std::uint64_t>(cfg.threads);
+  const std::uint64_t total = per_thread * static_cast<std::uint64_t>(cfg.threads);
+  const auto before = s.stats();
+  const auto t0 = clock_type::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < cfg.threads; ++t)
+    ts.emplace_back([&] {
+      for (std::uint64_t i = 0; i < per_thread; ++i)
+        (void)s.append(payload, [&](const postbox::append_outcome& o) {
+          if (o.error) ++failed;
+          done.fetch_add(1, std::memory_order_release);
+          if (done.load(std::memory_order_relaxed) == total) done.notify_all();
+        });
+    });
+  for (auto& t : ts) t.join();
+  for (auto d = done.load(); d != total; d = done.load()) done.wait(d);
+  const double secs = seconds_since(t0);
+  const auto after = s.stats();
+  if (failed.load() != 0) std::fprintf(stderr, "warning: %llu appends failed\n",
+                                       static_cast<unsigned long long>(failed.load()));
+  append_result r;
+  r.records_per_s = static_cast<double>(total) / secs;
+  r.records_per_batch =
+      static_cast<double>(total) / static_cast<double>(std::max<std::uint64_t>(1, after.fsyncs - before.fsyncs));
+  return r;
+}
+
+// The ceiling: the same framed bytes, written with write + fdatasync per batch.
+double bench_raw(const fs::path& file, std::uint64_t records, std::size_t framed, std::size_t batch) {
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    std::perror("open");
+    std::exit(1);
+  }
+  const std::string buf(framed * batch, 'r');
+  const auto t0 = clock_type::now();
+  for (std::uint64_t done = 0; done < records; done += batch) {
+    if (::write(fd, buf.data(), buf.size()) != static_cast<ssize_t>(buf.size()) || ::fdatasync(fd) != 0) {
+      std::perror("write/fdatasync");
+      std::exit(1);
+    }
+  }
+  const double secs = seconds_since(t0);
+  ::close(fd);
+  fs::remove(file);
+  return static_cast<double>(records) / secs;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  config cfg;
+  bool quick = false, full = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--dir" && i + 1 < argc) cfg.dir = argv[++i];
+    else if (a == "--quick") quick = true;
+    else if (a == "--full") full = true;
+    else if (a == "--threads" && i + 1 < argc) cfg.threads = std::max(1, std::atoi(argv[++i]));
+    else {
+      std::fprintf(stderr, "usage: postbox-bench-spool [--dir DIR] [--quick] [--full] [--threads N]\n");
+      return 2;
+    }
+  }
+  if (quick) cfg.records = 200'000, cfg.recovery_bytes = 64ull << 20, cfg.pending = 200'000;
+  if (full) cfg.records = 2'000'000, cfg.recovery_bytes = 1ull << 30, cfg.pending = 10'000'000;
+#ifndef __OPTIMIZE__
+  std::printf("WARNING: built without optimisation; figures are not representative\n");
+#endif
+  if (cfg.dir.empty()) cfg.dir = fs::current_path() / ("postbox-bench-spool." + std::to_string(::getpid()));
+  fs::create_directories(cfg.dir);
+  struct statfs sfs {};
+  if (::statfs(cfg.dir.c_str(), &sfs) == 0 && sfs.f_type == 0x01021994 /* TMPFS_MAGIC */)
+    std::printf("WARNING: %s is tmpfs, which ignores fsync; use --dir on a real disk\n",
+                cfg.dir.c_str());
+  std::printf("directory %s, %d appenders, %llu records of 100 bytes\n", cfg.dir.c_str(),
+              cfg.threads, static_cast<unsigned long long>(cfg.records));
+
+  const std::string payload(100, 'p');
+  const std::size_t framed = payload.size() + 9;
+
+  // 1. Append under always, and the raw ceiling at the same batch size.
+  const auto app = bench_append(cfg.dir / "append", cfg, payload);
+  const auto batch = static_cast<std::size_t>(std::max(1.0, app.records_per_batch));
+  const double raw = bench_raw(cfg.dir / "raw.bin", cfg.records, framed, batch);
+  const double raw64k = bench_raw(cfg.dir / "raw.bin", cfg.records, framed, 65536 / framed);
+  std::printf("append (always)      %12.0f records/s  %7.1f MB/s  %.0f records per fdatasync\n",
+              app.records_per_s, app.records_per_s * static_cast<double>(framed) / 1e6, app.records_per_batch);
+  std::printf("raw write+fdatasync  %12.0f records/s  (same batch size)\n", raw);
+  std::printf("ratio spool/raw      %12.2f  (target >= 0.80)\n", app.records_per_s / raw);
+  std::printf("raw at 64 KiB/fsync  %12.0f records/s  (the disk's ceiling at the issue's batch size)\n", raw64k);
+
+  // 2. Read-back.
+  {
+    postbox::spool s(cfg.dir / "append");
+    auto c = s.read_from();
+    postbox::spool_record r;
+    std::uint64_t n = 0, bytes = 0;
+    const auto t0 = clock_type::now();
+    while (c.next(r) == postbox::read_status::ok) ++n, bytes += r.data.size();
+    const double secs = seconds_since(t0);
+    std::printf("read-back            %12.0f records/s  %7.1f MB/s of payload (warm page cache)\n",
+                static_cast<double>(n) / secs, static_cast<double>(bytes) / secs / 1e6);
+  }
+  fs::remove_all(cfg.dir / "append");
+
+  // 3. Recovery time per GiB (warm cache: the files were just written).
+  {
+    const auto dir = cfg.dir / "recovery";
+    const std::string big(1000, 'g');
+    {
+      postbox::spool s(dir, {.fsync = postbox::fsync_policy::never});
+      for (std::uint64_t b = 0; b < cfg.recovery_bytes; b += big.size() + 9) (void)s.append(big, {});
+      (void)s.flush();
+    }
+    const auto t0 = clock_type::now();
+    postbox::spool s(dir);
+    const double secs = seconds_since(t0);
+    const double gib = static_cast<double>(s.stats().bytes) / double(1ull << 30);
+    std::printf("recovery             %12.2f s per GiB  (%.2f GiB of 1000-byte records, warm cache)\n",
+                secs / gib, gib);
+  }
+  fs::remove_all(cfg.dir / "recovery");
+
+  // 4. Memory per pending record: RSS growth of opening a spool holding them.
+  {
+    const auto dir = cfg.dir / "pending";
+    {
+      postbox::spool s(dir, {.segment_size = 1u << 30, .fsync = postbox::fsync_policy::never});
+      for (std::uint64_t i = 0; i < cfg.pending; ++i) (void)s.append(payload, {});
+      (void)s.flush();
+    }
+    // Heap in use (mallinfo2) is exact; RSS also shows it when the heap grows.
+    const long rss_before = rss_kib();
+    const auto m0 = ::mallinfo2();
+    const auto heap_before = m0.uordblks + m0.hblkhd;  // hblkhd: large blocks from mmap
+    postbox::spool s(dir);
+    const auto m1 = ::mallinfo2();
+    const auto heap_after = m1.uordblks + m1.hblkhd;
+    const long rss_after = rss_kib();
+    const auto n = static_cast<double>(cfg.pending);
+    std::printf("memory per pending   %12.2f bytes/record heap  %.2f bytes/record RSS  (%llu pending records%s)\n",
+                static_cast<double>(heap_after - heap_before) / n,
+                static_cast<double>(rss_after - rss_before) * 1024.0 / n,
+                static_cast<unsigned long long>(cfg.pending), full ? "" : "; --full for 10 million");
+  }
+  fs::remove_all(cfg.dir);
+  return 0;
+}

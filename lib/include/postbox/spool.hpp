@@ -1,0 +1,200 @@
+// postbox/spool.hpp: the durable spool, an append-only, checksummed,
+// crash-safe segmented log in one directory, with group commit, cursors and
+// done marks. No sockets; usable on its own. Implements docs/spool-format.md.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace postbox {
+
+/// When an append counts as durable (docs/spool-format.md, "Durability").
+enum class fsync_policy {
+  always,    ///< after the fdatasync covering it (group commit); the default
+  interval,  ///< after the write; fdatasync every fsync_interval (loses that much on power loss)
+  never,     ///< after the write; no fdatasync (a power loss can lose any record)
+};
+
+struct spool_options {
+  /// A segment rolls when the next record would take it past this many bytes
+  /// (1 KiB .. 1 GiB). Records larger than segment_size - 33 are refused.
+  std::uint32_t segment_size = 64u * 1024 * 1024;
+  fsync_policy fsync = fsync_policy::always;
+  std::chrono::milliseconds fsync_interval{100};  ///< for fsync_policy::interval; > 0
+  /// Fully-done segments are kept this long after their last append (0: no time retention).
+  std::chrono::milliseconds retention_time{0};
+  /// Fully-done segments are deleted, oldest first, while the spool is larger (0: none).
+  std::uint64_t retention_bytes = 0;
+  /// append() blocks while this many bytes wait for the writer (back-pressure).
+  std::size_t max_queued_bytes = 64u * 1024 * 1024;
+};
+
+/// Where a record lives: segment number and byte offset of its header.
+/// Stable across restarts. `segment == 0` is "the beginning".
+struct position {
+  std::uint32_t segment = 0;
+  std::uint32_t offset = 0;
+
+  [[nodiscard]] constexpr std::uint64_t to_u64() const noexcept {
+    return std::uint64_t{segment} << 32 | offset;
+  }
+  [[nodiscard]] static constexpr position from_u64(std::uint64_t v) noexcept {
+    return {static_cast<std::uint32_t>(v >> 32), static_cast<std::uint32_t>(v)};
+  }
+  /// "segment:offset", e.g. "1:24".
+  [[nodiscard]] std::string to_string() const;
+  friend constexpr auto operator<=>(const position&, const position&) = default;
+};
+
+/// Why recovery skipped bytes (docs/spool-format.md, "Recovery").
+enum class corruption_reason { truncated_header, bad_length, bad_checksum, unknown_type, bad_done };
+[[nodiscard]] const char* name(corruption_reason r) noexcept;
+
+struct corrupt_range {
+  position where;           ///< first skipped byte
+  std::uint64_t size = 0;   ///< bytes skipped
+  corruption_reason reason = corruption_reason::bad_checksum;
+};
+
+/// What open found. Corrupt ranges are also kept out of every cursor.
+struct recovery_report {
+  std::uint64_t segments = 0;         ///< segment files read
+  std::uint64_t records = 0;          ///< data records recovered
+  std::uint64_t pending = 0;          ///< of which not done
+  std::uint64_t ignored_records = 0;  ///< "safe to ignore" records skipped
+  std::vector<corrupt_range> corrupt;
+  std::uint64_t truncated_bytes = 0;  ///< torn tail cut from the last segment
+};
+
+/// The outcome of one append, given to its callback from the writer thread.
+/// `error` empty: durable under the policy at `pos`. Otherwise the record is
+/// not in the spool (`pos` is meaningless): no_space_on_device and other write
+/// errors are retryable; an fdatasync error also appears in spool::fault().
+struct append_outcome {
+  position pos;
+  std::error_code error;
+};
+using append_callback = std::function<void(const append_outcome&)>;
+
+enum class append_status {
+  queued,     ///< the callback will be called exactly once
+  too_large,  ///< payload larger than segment_size - 33; callback not called
+  failed,     ///< the spool stopped after an fsync error (see fault()); callback not called
+};
+
+enum class done_status { ok, already_done, unknown_position };
+enum class read_status { ok, end, corrupt };
+
+struct spool_record {
+  position pos;
+  std::string data;  ///< the payload; capacity reused across next() calls
+};
+
+struct spool_stats {
+  std::uint64_t segments = 0, bytes = 0, records = 0, pending = 0;
+  std::uint64_t batches = 0, fsyncs = 0, deleted_segments = 0;
+};
+
+namespace detail {
+struct spool_state;
+class spool_writer;
+}  // namespace detail
+
+/// Reads records in position order from the segment files (not from memory).
+/// Sees only records already reported durable. Holds the spool's shared
+/// state, so it stays valid after the spool is closed (then it reads what was
+/// on disk). One thread at a time per cursor; many cursors may run at once.
+class cursor {
+ public:
+  cursor(cursor&&) noexcept;
+  cursor& operator=(cursor&&) noexcept;
+  ~cursor();
+
+  /// Reads the next record at or after where() into `out`, advancing past it.
+  /// `end`: nothing more yet (call again after more appends). `corrupt`: the
+  /// record at out.pos changed on disk since it was written (bad checksum or
+  /// unreadable); it is skipped. Never throws.
+  [[nodiscard]] read_status next(spool_record& out) noexcept;
+  /// The position next() starts from.
+  [[nodiscard]] position where() const noexcept { return pos_; }
+
+ private:
+  friend class spool;
+  cursor(std::shared_ptr<detail::spool_state> state, position from, bool only_pending);
+  bool fill(std::uint32_t offset, std::size_t n) noexcept;
+
+  std::shared_ptr<detail::spool_state> state_;
+  position pos_;
+  bool only_pending_ = false;
+  int fd_ = -1;
+  std::uint32_t fd_segment_ = 0;
+  std::string buf_;
+  std::uint64_t buf_offset_ = 0;
+  std::size_t buf_len_ = 0;
+};
+
+/// A spool opened on a directory. Appends from any thread; callbacks run on
+/// the spool's writer thread and must not block (they may call append and
+/// mark_done). Movable, not copyable.
+class spool {
+ public:
+  /// Opens (creating if needed) the spool in `dir`, locks it, and recovers it
+  /// (docs/spool-format.md, "Recovery"). Throws config_error for bad options,
+  /// spool_error naming the path when the directory cannot be created or
+  /// read, is locked by another opener, or holds a corrupt segment header.
+  explicit spool(std::filesystem::path dir, spool_options options = {});
+  /// Writes and syncs everything queued (callbacks run), then closes.
+  ~spool();
+  spool(spool&&) noexcept;
+  spool& operator=(spool&&) noexcept;
+  spool(const spool&) = delete;
+  spool& operator=(const spool&) = delete;
+
+  /// Queues `payload` (copied before return) and returns `queued`; `done` is
+  /// called exactly once, from the writer thread, when the record is durable
+  /// or has failed. Blocks only while max_queued_bytes wait (never on the
+  /// writer thread). Never throws (except std::bad_alloc).
+  [[nodiscard]] append_status append(std::string_view payload, append_callback done);
+  /// append() and wait for its outcome. `error` is value_too_large when the
+  /// payload is too large, and the fault when the spool has failed.
+  [[nodiscard]] append_outcome append_and_wait(std::string_view payload);
+
+  /// Marks the data record at `p` done. In memory at once; written in the
+  /// next batch (a crash before that makes it pending again). Segments whose
+  /// records are all done are deleted as retention allows. Never throws.
+  [[nodiscard]] done_status mark_done(position p);
+  /// Whether the data record at `p` is done (false for unknown positions).
+  [[nodiscard]] bool is_done(position p) const;
+
+  /// A cursor at the first record at or after `from` (default: the oldest);
+  /// with `only_pending` it skips done records.
+  [[nodiscard]] cursor read_from(position from = {}, bool only_pending = false) const;
+
+  /// Waits until everything queued before the call is written, and fdatasyncs
+  /// it whatever the policy. Returns the fault if the spool has failed.
+  std::error_code flush();
+  /// Deletes what retention allows now (the writer also does it by itself).
+  void reclaim();
+
+  /// The fdatasync error that stopped the spool; empty while healthy.
+  [[nodiscard]] std::error_code fault() const;
+  [[nodiscard]] const recovery_report& recovery() const noexcept;
+  [[nodiscard]] spool_stats stats() const;
+  /// Live segment numbers, ascending.
+  [[nodiscard]] std::vector<std::uint32_t> segments() const;
+  [[nodiscard]] const std::filesystem::path& directory() const noexcept;
+  /// The largest payload append() accepts.
+  [[nodiscard]] std::size_t max_payload() const noexcept;
+
+ private:
+  std::unique_ptr<detail::spool_writer> impl_;
+};
+
+}  // namespace postbox

@@ -1,0 +1,743 @@
+// The durable spool: opening and recovery, the group-commit writer thread,
+// done marks and segment deletion. Implements docs/spool-format.md
+// ("Files", "Durability", "Recovery", "Deletion and retention").
+#include <postbox/spool.hpp>
+
+#include <postbox/detail/spool_format.hpp>
+#include <postbox/detail/spool_state.hpp>
+#include <postbox/error.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <fcntl.h>
+#include <future>
+#include <limits>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+
+namespace postbox {
+namespace detail {
+
+namespace fmt = spool_format;
+
+spool_io& spool_io_calls() noexcept {
+  static spool_io io{&::pwrite, &::fdatasync};
+  return io;
+}
+
+namespace {
+
+using sys_clock = std::chrono::system_clock;
+using steady = std::chrono::steady_clock;
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             sys_clock::now().time_since_epoch())
+      .count();
+}
+
+std::error_code errno_code(int e) { return {e, std::generic_category()}; }
+
+[[noreturn]] void fail(const std::string& what, const std::filesystem::path& p, int err) {
+  throw spool_error("spool: " + what + " \"" + p.string() + "\": " + std::strerror(err));
+}
+
+// Writes all of [p, p+n) at `off`; 0 or an errno.
+int write_all(int fd, const unsigned char* p, std::size_t n, std::uint64_t off) noexcept {
+  while (n > 0) {
+    const ssize_t w = spool_io_calls().pwrite(fd, p, n, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (w == 0) return EIO;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+    off += static_cast<std::uint64_t>(w);
+  }
+  return 0;
+}
+
+int sync_fd(int fd) noexcept {
+  while (spool_io_calls().fdatasync(fd) != 0) {
+    if (errno != EINTR) return errno;
+  }
+  return 0;
+}
+
+int sync_dir(const std::filesystem::path& dir) noexcept {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  const int rc = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return rc;
+}
+
+// Creates segment `n` atomically (tmp, header, fsync, rename, fsync dir).
+// Returns the open fd, or -errno.
+int create_segment(const std::filesystem::path& dir, std::uint32_t n) noexcept {
+  const std::string name = fmt::segment_file_name(n);
+  const auto final_path = dir / name;
+  const auto tmp_path = dir / (name + ".tmp");
+  const int fd = ::open(tmp_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return -errno;
+  unsigned char header[fmt::segment_header_size];
+  fmt::encode_segment_header(n, header);
+  int err = write_all(fd, header, sizeof header, 0);
+  if (err == 0) err = sync_fd(fd);
+  if (err == 0 && ::rename(tmp_path.c_str(), final_path.c_str()) != 0) err = errno;
+  if (err == 0) err = sync_dir(dir);
+  if (err != 0) {
+    ::close(fd);
+    ::unlink(tmp_path.c_str());
+    ::unlink(final_path.c_str());  // if the rename happened but the dir sync failed
+    return -err;
+  }
+  return fd;
+}
+
+// Builds the in-memory index while a segment is scanned.
+class recovery_sink final : public fmt::scan_sink {
+ public:
+  recovery_sink(spool_state& st, recovery_report& rep, std::uint32_t seg)
+      : st_(st), rep_(rep), seg_(seg), index_(st.segments[seg]) {}
+
+  void on_record(std::uint32_t offset, std::uint8_t type, const unsigned char* payload,
+                 std::uint32_t length) override {
+    if (type == fmt::type_data) {
+      index_.add(offset);
+      ++rep_.records;
+    } else if (type == fmt::type_done) {
+      for (std::uint32_t i = 0; i < length; i += fmt::done_entry_size) {
+        const position p{fmt::load_u32(payload + i), fmt::load_u32(payload + i + 4)};
+        const auto it = st_.segments.find(p.segment);
+        if (it == st_.segments.end()) continue;  // deleted segment
+        segment_index& s = it->second;
+        const std::size_t k = s.find(p.offset);
+        if (k < s.offsets.size() && s.offsets[k] == p.offset && !s.is_done(k)) {
+          s.set_done(k);
+          ++s.done;
+        }
+      }
+    } else {
+      ++rep_.ignored_records;
+    }
+  }
+  void on_corrupt(std::uint32_t offset, std::uint32_t size, corruption_reason why) override {
+    rep_.corrupt.push_back({{seg_, offset}, size, why});
+  }
+
+ private:
+  spool_state& st_;
+  recovery_report& rep_;
+  std::uint32_t seg_;
+  segment_index& index_;
+};
+
+}  // namespace
+
+class spool_writer {
+ public:
+  spool_writer(std::filesystem::path dir, spool_options opts);
+  ~spool_writer();
+
+  append_status append(std::string_view payload, append_callback cb);
+  done_status mark_done(position p);
+  std::error_code flush();
+  void request_reclaim();
+  std::error_code fault() const {
+    std::lock_guard lk(qmu_);
+    return fault_;
+  }
+  spool_stats stats() const;
+  std::size_t max_payload() const noexcept {
+    return opts_.segment_size - fmt::segment_header_size - fmt::record_header_size;
+  }
+
+  std::shared_ptr<spool_state> state_ = std::make_shared<spool_state>();
+  spool_options opts_;
+  recovery_report report_;
+
+ private:
+  struct entry {
+    std::uint32_t size;  // framed bytes in the batch buffer
+    bool data;           // false: a done record the writer made
+    append_callback cb;
+  };
+
+  void recover();
+  void run();
+  bool process(std::vector<unsigned char>& buf, std::vector<entry>& batch,
+               std::vector<position>& marks, bool force_sync);
+  std::error_code roll();
+  void set_fault(int err);
+  void reclaim_now();
+
+  int lock_fd_ = -1;
+  int head_fd_ = -1;
+  std::uint32_t head_ = 0;       // writer thread only
+  std::uint64_t head_end_ = 0;   // writer thread only
+  bool dirty_ = false;           // written since the last fdatasync (writer thread only)
+  std::vector<position> carry_marks_;  // marks whose done record failed to write
+
+  mutable std::mutex qmu_;
+  std::condition_variable writer_cv_, space_cv_, flush_cv_;
+  std::vector<unsigned char> staging_;
+  std::vector<entry> entries_;
+  std::vector<position> marks_;
+  bool stop_ = false;
+  bool reclaim_req_ = true;
+  std::uint64_t flush_req_ = 0, flush_done_ = 0;
+  std::error_code fault_;
+  std::atomic<bool> faulted_{false};
+  std::atomic<std::uint64_t> batches_{0}, fsyncs_{0}, deleted_{0};
+  std::thread thread_;
+  std::thread::id writer_id_;
+};
+
+spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts_(opts) {
+  if (opts_.segment_size < 1024 || opts_.segment_size > (1u << 30))
+    throw config_error("spool: segment_size " + std::to_string(opts_.segment_size) +
+                       " is outside 1024 .. 1073741824 bytes");
+  if (opts_.fsync == fsync_policy::interval && opts_.fsync_interval.count() <= 0)
+    throw config_error("spool: fsync_interval must be > 0 ms for fsync_policy::interval");
+  if (opts_.retention_time.count() < 0)
+    throw config_error("spool: retention_time must not be negative");
+  state_->dir = std::move(dir);
+  const auto& d = state_->dir;
+  std::error_code ec;
+  std::filesystem::create_directories(d, ec);
+  if (ec) fail("cannot create directory", d, ec.value());
+
+  const auto lock_path = d / "LOCK";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) fail("cannot open", lock_path, errno);
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int e = errno;
+    ::close(lock_fd_);
+    if (e == EWOULDBLOCK)
+      throw spool_error("spool: directory \"" + d.string() +
+                        "\" is in use by another opener (its LOCK is held)");
+    fail("cannot lock", lock_path, e);
+  }
+  try {
+    recover();
+  } catch (...) {
+    if (head_fd_ >= 0) ::close(head_fd_);
+    ::close(lock_fd_);
+    throw;
+  }
+  thread_ = std::thread([this] { run(); });
+  writer_id_ = thread_.get_id();
+}
+
+void spool_writer::recover() {
+  const auto& d = state_->dir;
+  std::vector<std::uint32_t> numbers;
+  std::error_code ec;
+  std::filesystem::directory_iterator it(d, ec);
+  if (ec) fail("cannot read directory", d, ec.value());
+  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::uint32_t n = 0;
+    if (name.size() > 4 && name.ends_with(".log.tmp") &&
+        fmt::parse_segment_file_name(name.substr(0, name.size() - 4), n)) {
+      std::filesystem::remove(it->path(), ec);
+    } else if (fmt::parse_segment_file_name(name, n)) {
+      numbers.push_back(n);
+    }
+  }
+  if (ec) fail("cannot read directory", d, ec.value());
+  std::sort(numbers.begin(), numbers.end());
+
+  for (std::size_t i = 0; i < numbers.size(); ++i) {
+    const std::uint32_t n = numbers[i];
+    const bool last = i + 1 == numbers.size();
+    const auto path = d / fmt::segment_file_name(n);
+    const int fd = ::open(path.c_str(), (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) fail("cannot open", path, errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int e = errno;
+      ::close(fd);
+      fail("cannot stat", path, e);
+    }
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    void* map = nullptr;
+    if (size > 0) {
+      map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (map == MAP_FAILED) {
+        const int e = errno;
+        ::close(fd);
+        fail("cannot map", path, e);
+      }
+    }
+    fmt::scan_result r;
+    try {
+      recovery_sink sink(*state_, report_, n);
+      r = fmt::scan_segment(static_cast<const unsigned char*>(map), size, n, sink);
+    } catch (...) {
+      if (map) ::munmap(map, size);
+      ::close(fd);
+      throw;
+    }
+    if (map) ::munmap(map, size);
+    if (r.header != fmt::header_problem::none) {
+      ::close(fd);
+      throw spool_error("spool: corrupt segment header in \"" + path.string() +
+                        "\": " + fmt::describe(r.header));
+    }
+    segment_index& idx = state_->segments[n];
+    idx.bytes = size;
+    idx.last_write_ms = std::int64_t{st.st_mtim.tv_sec} * 1000 + st.st_mtim.tv_nsec / 1000000;
+    if (size > std::numeric_limits<std::uint32_t>::max()) {
+      report_.corrupt.push_back({{n, 0xffffffffu}, size - 0xffffffffu,
+                                 corruption_reason::bad_length});
+    }
+    if (r.tail_size > 0) {
+      if (last) {
+        if (::ftruncate(fd, static_cast<off_t>(r.valid_end)) != 0 || sync_fd(fd) != 0) {
+          const int e = errno;
+          ::close(fd);
+          fail("cannot truncate the torn tail of", path, e);
+        }
+        report_.truncated_bytes += r.tail_size;
+        idx.bytes = r.valid_end;
+      } else {
+        report_.corrupt.push_back(
+            {{n, static_cast<std::uint32_t>(r.valid_end)}, r.tail_size, r.tail_reason});
+      }
+    }
+    ++report_.segments;
+    if (last) {
+      head_fd_ = fd;
+      head_ = n;
+      head_end_ = idx.bytes;
+    } else {
+      ::close(fd);
+      idx.offsets.shrink_to_fit();
+      idx.done_bits.shrink_to_fit();
+    }
+  }
+  if (head_fd_ < 0) {
+    const int fd = create_segment(d, 1);
+    if (fd < 0) fail("cannot create", d / fmt::segment_file_name(1), -fd);
+    head_fd_ = fd;
+    head_ = 1;
+    head_end_ = fmt::segment_header_size;
+    auto& idx = state_->segments[1];
+    idx.bytes = head_end_;
+    idx.last_write_ms = now_ms();
+  }
+  state_->head = head_;
+  for (const auto& [n, s] : state_->segments) report_.pending += s.offsets.size() - s.done;
+}
+
+spool_writer::~spool_writer() {
+  {
+    std::lock_guard lk(qmu_);
+    stop_ = true;
+  }
+  writer_cv_.notify_one();
+  space_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (head_fd_ >= 0) ::close(head_fd_);
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+append_status spool_writer::append(std::string_view payload, append_callback cb) {
+  if (payload.size() > max_payload()) return append_status::too_large;
+  const auto len = static_cast<std::uint32_t>(payload.size());
+  unsigned char header[fmt::record_header_size];
+  fmt::encode_record_header(fmt::type_data, payload.data(), len, header);
+  std::unique_lock lk(qmu_);
+  if (std::this_thread::get_id() != writer_id_) {
+    space_cv_.wait(lk, [&] {
+      return staging_.size() < opts_.max_queued_bytes || faulted_.load() || stop_;
+    });
+  }
+  if (faulted_.load()) return append_status::failed;
+  const bool wake = entries_.empty();
+  staging_.insert(staging_.end(), header, header + sizeof header);
+  const auto* p = reinterpret_cast<const unsigned char*>(payload.data());
+  staging_.insert(staging_.end(), p, p + len);
+  entries_.push_back({static_cast<std::uint32_t>(sizeof header + len), true, std::move(cb)});
+  if (wake) writer_cv_.notify_one();
+  return append_status::queued;
+}
+
+done_status spool_writer::mark_done(position p) {
+  bool full = false;
+  {
+    std::lock_guard lk(state_->mu);
+    const auto it = state_->segments.find(p.segment);
+    if (it == state_->segments.end()) return done_status::unknown_position;
+    segment_index& s = it->second;
+    const std::size_t k = s.find(p.offset);
+    if (k == s.offsets.size() || s.offsets[k] != p.offset) return done_status::unknown_position;
+    if (s.is_done(k)) return done_status::already_done;
+    s.set_done(k);
+    ++s.done;
+    full = s.fully_done() && p.segment != state_->head;
+  }
+  {
+    std::lock_guard lk(qmu_);
+    marks_.push_back(p);
+    if (full) reclaim_req_ = true;
+  }
+  writer_cv_.notify_one();
+  return done_status::ok;
+}
+
+std::error_code spool_writer::flush() {
+  std::unique_lock lk(qmu_);
+  const std::uint64_t ticket = ++flush_req_;
+  writer_cv_.notify_one();
+  flush_cv_.wait(lk, [&] { return flush_done_ >= ticket; });
+  return fault_;
+}
+
+void spool_writer::request_reclaim() {
+  std::unique_lock lk(qmu_);
+  reclaim_req_ = true;
+  const std::uint64_t ticket = ++flush_req_;
+  writer_cv_.notify_one();
+  flush_cv_.wait(lk, [&] { return flush_done_ >= ticket; });
+}
+
+spool_stats spool_writer::stats() const {
+  spool_stats s;
+  {
+    std::lock_guard lk(state_->mu);
+    s.segments = state_->segments.size();
+    for (const auto& [n, seg] : state_->segments) {
+      s.bytes += seg.bytes;
+      s.records += seg.offsets.size();
+      s.pending += seg.offsets.size() - seg.done;
+    }
+  }
+  s.batches = batches_.load();
+  s.fsyncs = fsyncs_.load();
+  s.deleted_segments = deleted_.load();
+  return s;
+}
+
+void spool_writer::set_fault(int err) {
+  std::lock_guard lk(qmu_);
+  if (!fault_) fault_ = errno_code(err);
+  faulted_.store(true);
+  space_cv_.notify_all();
+}
+
+void spool_writer::run() {
+  std::vector<unsigned char> buf;
+  std::vector<entry> batch;
+  std::vector<position> marks;
+  const auto interval = opts_.fsync_interval;
+  auto next_sync = steady::now() + interval;
+  const auto tick = opts_.retention_time.count() > 0
+                        ? std::min<std::chrono::milliseconds>(opts_.retention_time,
+                                                              std::chrono::seconds(1))
+                        : std::chrono::milliseconds(0);
+  auto next_tick = steady::now() + tick;
+  std::unique_lock lk(qmu_);
+  while (true) {
+    const auto ready = [&] {
+      return stop_ || !entries_.empty() || !marks_.empty() || flush_req_ != flush_done_ ||
+             reclaim_req_;
+    };
+    if (!ready()) {
+      auto deadline = steady::time_point::max();
+      if (opts_.fsync == fsync_policy::interval && dirty_) deadline = next_sync;
+      if (tick.count() > 0) deadline = std::min(deadline, next_tick);
+      if (deadline == steady::time_point::max())
+        writer_cv_.wait(lk, ready);
+      else
+        writer_cv_.wait_until(lk, deadline, ready);
+    }
+    const bool stopping = stop_;
+    buf.swap(staging_);
+    batch.swap(entries_);
+    marks.swap(marks_);
+    const std::uint64_t flush_target = flush_req_;
+    const bool force_sync = flush_target != flush_done_;
+    bool want_reclaim = reclaim_req_;
+    reclaim_req_ = false;
+    space_cv_.notify_all();
+    lk.unlock();
+
+    if (!batch.empty() || !marks.empty() || force_sync) process(buf, batch, marks, force_sync);
+    buf.clear();
+    batch.clear();
+    marks.clear();
+    const auto now = steady::now();
+    if (opts_.fsync == fsync_policy::interval && now >= next_sync) {
+      if (dirty_ && !faulted_.load()) {
+        if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
+        ++fsyncs_;
+        dirty_ = false;
+      }
+      next_sync = now + interval;
+    }
+    if (tick.count() > 0 && now >= next_tick) {
+      want_reclaim = true;
+      next_tick = now + tick;
+    }
+    if (want_reclaim && !faulted_.load()) reclaim_now();
+
+    lk.lock();
+    flush_done_ = flush_target;
+    flush_cv_.notify_all();
+    if (stopping && entries_.empty() && marks_.empty()) break;
+  }
+}
+
+std::error_code spool_writer::roll() {
+  if (head_ == std::numeric_limits<std::uint32_t>::max()) return errno_code(EOVERFLOW);
+  // Records already written to the old head must be durable before it is left.
+  if (dirty_ && opts_.fsync != fsync_policy::never) {
+    if (const int e = sync_fd(head_fd_); e != 0) {
+      set_fault(e);
+      return errno_code(e);
+    }
+    ++fsyncs_;
+  }
+  const int fd = create_segment(state_->dir, head_ + 1);
+  if (fd < 0) return errno_code(-fd);
+  ::close(head_fd_);
+  head_fd_ = fd;
+  ++head_;
+  head_end_ = fmt::segment_header_size;
+  dirty_ = false;
+  return {};
+}
+
+bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& batch,
+                           std::vector<position>& marks, bool force_sync) {
+  if (faulted_.load()) {
+    const std::error_code e = fault();
+    for (auto& en : batch)
+      if (en.cb) en.cb({{}, e});
+    return false;
+  }
+  // Done marks become done records at the end of the batch.
+  if (!carry_marks_.empty()) {
+    marks.insert(marks.begin(), carry_marks_.begin(), carry_marks_.end());
+    carry_marks_.clear();
+  }
+  const std::size_t first_mark_entry = batch.size();
+  const std::size_t per_record = max_payload() / fmt::done_entry_size;
+  for (std::size_t i = 0; i < marks.size(); i += per_record) {
+    const std::size_t n = std::min(per_record, marks.size() - i);
+    const auto len = static_cast<std::uint32_t>(n * fmt::done_entry_size);
+    const std::size_t at = buf.size();
+    buf.resize(at + fmt::record_header_size + len);
+    unsigned char* payload = buf.data() + at + fmt::record_header_size;
+    for (std::size_t k = 0; k < n; ++k) {
+      fmt::store_u32(payload + 8 * k, marks[i + k].segment);
+      fmt::store_u32(payload + 8 * k + 4, marks[i + k].offset);
+    }
+    fmt::encode_record_header(fmt::type_done, payload, len, buf.data() + at);
+    batch.push_back({static_cast<std::uint32_t>(fmt::record_header_size + len), false, {}});
+  }
+
+  std::vector<position> pos(batch.size());
+  std::size_t written = 0;  // entries [0, written) are in the file
+  std::size_t boff = 0;
+  std::error_code werr;
+  bool rolled = false;
+  const std::uint32_t first_head = head_;
+  while (written < batch.size()) {
+    const std::uint64_t start = head_end_;
+    const std::size_t start_b = boff;
+    std::uint64_t end = start;
+    std::size_t j = written;
+    while (j < batch.size() &&
+           (end + batch[j].size <= opts_.segment_size || end == fmt::segment_header_size)) {
+      pos[j] = {head_, static_cast<std::uint32_t>(end)};
+      end += batch[j].size;
+      boff += batch[j].size;
+      ++j;
+    }
+    if (j == written) {
+      werr = roll();
+      if (werr) break;
+      rolled = true;
+      continue;
+    }
+    if (const int e = write_all(head_fd_, buf.data() + start_b, boff - start_b, start); e != 0) {
+      // No partial record stays behind; the next batch starts here again.
+      if (::ftruncate(head_fd_, static_cast<off_t>(start)) != 0) set_fault(errno);
+      werr = errno_code(e);
+      break;
+    }
+    head_end_ = end;
+    dirty_ = true;
+    written = j;
+  }
+  ++batches_;
+  if (written > 0 && (opts_.fsync == fsync_policy::always || force_sync)) {
+    if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
+    ++fsyncs_;
+    dirty_ = false;
+  } else if (force_sync && dirty_) {
+    if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
+    ++fsyncs_;
+    dirty_ = false;
+  }
+  if (faulted_.load()) {
+    // Nothing covered by a failed fdatasync is ever reported durable.
+    const std::error_code e = fault();
+    for (auto& en : batch)
+      if (en.cb) en.cb({{}, e});
+    return false;
+  }
+  // Publish: the new records become visible to cursors and mark_done.
+  {
+    std::lock_guard lk(state_->mu);
+    const std::int64_t now = now_ms();
+    for (std::size_t k = 0; k < written; ++k) {
+      auto& seg = state_->segments[pos[k].segment];
+      if (batch[k].data) seg.add(pos[k].offset);
+      seg.bytes = std::max<std::uint64_t>(seg.bytes, pos[k].offset + std::uint64_t{batch[k].size});
+      seg.bytes = std::max<std::uint64_t>(seg.bytes, fmt::segment_header_size);
+      seg.last_write_ms = now;
+    }
+    if (head_ != first_head) {
+      for (auto it = state_->segments.find(first_head); it != state_->segments.end(); ++it) {
+        if (it->first == head_) break;
+        it->second.offsets.shrink_to_fit();
+      }
+      auto& h = state_->segments[head_];
+      h.bytes = std::max<std::uint64_t>(h.bytes, fmt::segment_header_size);
+      if (h.last_write_ms == 0) h.last_write_ms = now;
+    }
+    state_->head = head_;
+  }
+  if (rolled) {
+    std::lock_guard lk(qmu_);
+    reclaim_req_ = true;
+  }
+  if (written < batch.size() && first_mark_entry < batch.size()) {
+    // Done records that did not reach the file are tried again next batch.
+    const std::size_t first_failed_mark = std::max(written, first_mark_entry);
+    std::size_t skip = 0;
+    for (std::size_t k = first_mark_entry; k < first_failed_mark; ++k)
+      skip += (batch[k].size - fmt::record_header_size) / fmt::done_entry_size;
+    carry_marks_.assign(marks.begin() + static_cast<std::ptrdiff_t>(skip), marks.end());
+  }
+  for (std::size_t k = 0; k < batch.size(); ++k) {
+    if (!batch[k].cb) continue;
+    if (k < written)
+      batch[k].cb({pos[k], {}});
+    else
+      batch[k].cb({{}, werr});
+  }
+  return written == batch.size();
+}
+
+void spool_writer::reclaim_now() {
+  std::vector<std::uint32_t> doomed;
+  std::vector<position> restate;
+  {
+    std::lock_guard lk(state_->mu);
+    const std::int64_t now = now_ms();
+    const auto rt = opts_.retention_time.count();
+    const auto rb = opts_.retention_bytes;
+    std::uint64_t total = 0;
+    for (const auto& [n, s] : state_->segments) total += s.bytes;
+    for (const auto& [n, s] : state_->segments) {
+      if (n == state_->head || !s.fully_done()) continue;
+      const bool allowed = (rt == 0 && rb == 0) || (rt > 0 && now - s.last_write_ms >= rt) ||
+                           (rb > 0 && total > rb);
+      if (!allowed) continue;
+      doomed.push_back(n);
+      total -= s.bytes;
+    }
+    if (doomed.empty()) return;
+    // Marks for surviving older segments may live in a doomed one: restate them.
+    for (const auto& [n, s] : state_->segments) {
+      if (n >= doomed.back()) break;
+      if (s.done == 0 || std::binary_search(doomed.begin(), doomed.end(), n)) continue;
+      for (std::size_t k = 0; k < s.offsets.size(); ++k)
+        if (s.is_done(k)) restate.push_back({n, s.offsets[k]});
+    }
+  }
+  if (!restate.empty()) {
+    std::vector<unsigned char> buf;
+    std::vector<entry> none;
+    if (!process(buf, none, restate, true)) return;
+  }
+  {
+    std::lock_guard lk(state_->mu);
+    for (const auto n : doomed) state_->segments.erase(n);
+  }
+  for (const auto n : doomed) ::unlink((state_->dir / fmt::segment_file_name(n)).c_str());
+  sync_dir(state_->dir);
+  deleted_ += doomed.size();
+}
+
+}  // namespace detail
+
+// ---- spool: the public face ----
+
+spool::spool(std::filesystem::path dir, spool_options options)
+    : impl_(std::make_unique<detail::spool_writer>(std::move(dir), options)) {}
+spool::~spool() = default;
+spool::spool(spool&&) noexcept = default;
+spool& spool::operator=(spool&&) noexcept = default;
+
+append_status spool::append(std::string_view payload, append_callback done) {
+  return impl_->append(payload, std::move(done));
+}
+
+append_outcome spool::append_and_wait(std::string_view payload) {
+  std::promise<append_outcome> promise;
+  auto result = promise.get_future();
+  switch (impl_->append(payload, [&promise](const append_outcome& o) { promise.set_value(o); })) {
+    case append_status::queued: return result.get();
+    case append_status::too_large:
+      return {{}, std::make_error_code(std::errc::value_too_large)};
+    case append_status::failed: return {{}, impl_->fault()};
+  }
+  return {{}, std::make_error_code(std::errc::io_error)};
+}
+
+done_status spool::mark_done(position p) { return impl_->mark_done(p); }
+
+bool spool::is_done(position p) const {
+  const auto& st = *impl_->state_;
+  std::lock_guard lk(st.mu);
+  const auto it = st.segments.find(p.segment);
+  if (it == st.segments.end()) return false;
+  const std::size_t k = it->second.find(p.offset);
+  return k < it->second.offsets.size() && it->second.offsets[k] == p.offset &&
+         it->second.is_done(k);
+}
+
+cursor spool::read_from(position from, bool only_pending) const {
+  return cursor(impl_->state_, from, only_pending);
+}
+
+std::error_code spool::flush() { return impl_->flush(); }
+void spool::reclaim() { impl_->request_reclaim(); }
+std::error_code spool::fault() const { return impl_->fault(); }
+const recovery_report& spool::recovery() const noexcept { return impl_->report_; }
+spool_stats spool::stats() const { return impl_->stats(); }
+
+std::vector<std::uint32_t> spool::segments() const {
+  std::vector<std::uint32_t> out;
+  std::lock_guard lk(impl_->state_->mu);
+  for (const auto& [n, s] : impl_->state_->segments) out.push_back(n);
+  return out;
+}
+
+const std::filesystem::path& spool::directory() const noexcept { return impl_->state_->dir; }
+std::size_t spool::max_payload() const noexcept { return impl_->max_payload(); }
+
+}  // namespace postbox

@@ -1,0 +1,348 @@
+// Unit tests for the spool's API (lib/include/postbox/spool.hpp): round trip,
+// positions across reopen, rolling, group commit, done marks, deletion,
+// retention, the directory lock, and write/fsync faults (injected).
+#include <postbox/detail/spool_state.hpp>
+#include <postbox/error.hpp>
+#include <postbox/spool.hpp>
+
+#include "support/support.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+#include <set>
+#include <thread>
+
+using postbox::position;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::vector<std::pair<position, std::string>> read_all(const postbox::spool& s,
+                                                       position from = {},
+                                                       bool only_pending = false) {
+  std::vector<std::pair<position, std::string>> out;
+  auto c = s.read_from(from, only_pending);
+  postbox::spool_record r;
+  while (c.next(r) != postbox::read_status::end) out.emplace_back(r.pos, r.data);
+  return out;
+}
+
+std::string payload(int i) { return "payload " + std::to_string(i) + std::string(i % 50, 'x'); }
+
+bool exists(const postbox::test::temp_dir& d, const char* name) {
+  return std::filesystem::exists(d.path() / name);
+}
+
+// Restores the real system calls when a fault-injection test ends.
+struct io_guard {
+  postbox::detail::spool_io saved = postbox::detail::spool_io_calls();
+  ~io_guard() { postbox::detail::spool_io_calls() = saved; }
+};
+std::atomic<int> fail_writes{0};  // errno to fail pwrite with, 0: none
+std::atomic<int> fail_syncs{0};
+ssize_t faulty_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
+  if (const int e = fail_writes.load()) {
+    // Write part of it first, as a full disk might, then fail.
+    if (n > 4) (void)::pwrite(fd, buf, n / 2, off);
+    errno = e;
+    return -1;
+  }
+  return ::pwrite(fd, buf, n, off);
+}
+int faulty_fdatasync(int fd) {
+  if (const int e = fail_syncs.load()) {
+    errno = e;
+    return -1;
+  }
+  return ::fdatasync(fd);
+}
+
+}  // namespace
+
+TEST_CASE("spool: records read back in append order at the positions their callbacks gave",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  postbox::spool s(dir.path());
+  std::vector<position> pos;
+  for (int i = 0; i < 100; ++i) {
+    const auto o = s.append_and_wait(payload(i));
+    REQUIRE(!o.error);
+    pos.push_back(o.pos);
+  }
+  CHECK(pos.front() == position{1, 24});
+  CHECK(std::is_sorted(pos.begin(), pos.end()));
+  const auto all = read_all(s);
+  REQUIRE(all.size() == 100);
+  for (int i = 0; i < 100; ++i) {
+    CHECK(all[static_cast<std::size_t>(i)].first == pos[static_cast<std::size_t>(i)]);
+    CHECK(all[static_cast<std::size_t>(i)].second == payload(i));
+  }
+  // A cursor from any position starts at that record.
+  const auto tail = read_all(s, pos[37]);
+  REQUIRE(tail.size() == 63);
+  CHECK(tail.front().second == payload(37));
+  // Between records: the next record at or after it.
+  CHECK(read_all(s, {pos[37].segment, pos[37].offset + 1}).front().second == payload(38));
+}
+
+TEST_CASE("spool: positions and payloads are the same after reopen, and appends go on after them",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  std::vector<std::pair<position, std::string>> before;
+  {
+    postbox::spool s(dir.path(), {.segment_size = 4096});
+    for (int i = 0; i < 200; ++i) (void)s.append_and_wait(payload(i));
+    before = read_all(s);
+  }
+  postbox::spool s(dir.path(), {.segment_size = 4096});
+  CHECK(s.recovery().records == 200);
+  CHECK(s.recovery().pending == 200);
+  CHECK(s.recovery().corrupt.empty());
+  CHECK(s.recovery().truncated_bytes == 0);
+  CHECK(read_all(s) == before);
+  const auto o = s.append_and_wait("after reopen");
+  CHECK(o.pos > before.back().first);
+}
+
+TEST_CASE("spool: a segment rolls when the next record would take it past segment_size",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  postbox::spool s(dir.path(), {.segment_size = 1024});
+  const std::string p(100, 'r');  // 109 bytes framed: 9 records fit after the 24-byte header
+  std::vector<position> pos;
+  for (int i = 0; i < 30; ++i) pos.push_back(s.append_and_wait(p).pos);
+  CHECK(pos[8] == position{1, 24 + 8 * 109});
+  CHECK(pos[9] == position{2, 24});
+  CHECK(pos[29] == position{4, 24 + 2 * 109});
+  CHECK(s.segments() == std::vector<std::uint32_t>{1, 2, 3, 4});
+  CHECK(std::filesystem::file_size(dir.path() / "00000001.log") == 24 + 9 * 109);
+  CHECK(read_all(s).size() == 30);
+  CHECK(s.append(std::string(s.max_payload() + 1, 'x'), {}) == postbox::append_status::too_large);
+  CHECK(s.append_and_wait(std::string(s.max_payload(), 'x')).pos.offset == 24);
+}
+
+TEST_CASE("spool: appends from many threads are each durable once, sharing fdatasyncs",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  postbox::spool s(dir.path(), {.segment_size = 64 * 1024});
+  constexpr int threads = 4, each = 250;
+  std::mutex mu;
+  std::set<position> seen;
+  std::atomic<int> errors{0};
+  std::atomic<int> outstanding{threads * each};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < each; ++i) {
+        const auto st = s.append(payload(t * each + i), [&](const postbox::append_outcome& o) {
+          if (o.error) ++errors;
+          std::lock_guard lk(mu);
+          seen.insert(o.pos);
+          --outstanding;
+        });
+        REQUIRE(st == postbox::append_status::queued);
+      }
+    });
+  for (auto& t : ts) t.join();
+  REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));
+  CHECK(errors.load() == 0);
+  CHECK(seen.size() == threads * each);
+  const auto st = s.stats();
+  INFO("fsyncs: " << st.fsyncs << " batches: " << st.batches);
+  CHECK(st.fsyncs < threads * each);
+  std::multiset<std::string> got, want;
+  for (auto& r : read_all(s)) got.insert(r.second);
+  for (int i = 0; i < threads * each; ++i) want.insert(payload(i));
+  CHECK(got == want);
+}
+
+TEST_CASE("spool: under interval and never, appends are readable and flush syncs them",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  const auto policy = GENERATE(postbox::fsync_policy::interval, postbox::fsync_policy::never);
+  {
+    postbox::spool s(dir.path(), {.fsync = policy, .fsync_interval = std::chrono::milliseconds(5)});
+    for (int i = 0; i < 50; ++i) REQUIRE(!s.append_and_wait(payload(i)).error);
+    CHECK(!s.flush());
+    CHECK(s.stats().fsyncs >= 1);
+    CHECK(read_all(s).size() == 50);
+  }
+  postbox::spool s(dir.path());
+  CHECK(s.recovery().records == 50);
+}
+
+TEST_CASE("spool: done marks survive reopen, and only_pending cursors skip done records",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  std::vector<position> pos;
+  {
+    postbox::spool s(dir.path());
+    for (int i = 0; i < 10; ++i) pos.push_back(s.append_and_wait(payload(i)).pos);
+    for (int i : {0, 3, 4, 9}) CHECK(s.mark_done(pos[static_cast<std::size_t>(i)]) == postbox::done_status::ok);
+    CHECK(s.mark_done(pos[3]) == postbox::done_status::already_done);
+    CHECK(s.mark_done({pos[3].segment, pos[3].offset + 1}) == postbox::done_status::unknown_position);
+    CHECK(s.mark_done({99, 24}) == postbox::done_status::unknown_position);
+    CHECK(s.is_done(pos[4]));
+    CHECK(read_all(s, {}, true).size() == 6);
+    CHECK(!s.flush());
+  }
+  postbox::spool s(dir.path());
+  CHECK(s.recovery().records == 10);
+  CHECK(s.recovery().pending == 6);
+  for (int i = 0; i < 10; ++i)
+    CHECK(s.is_done(pos[static_cast<std::size_t>(i)]) == (i == 0 || i == 3 || i == 4 || i == 9));
+  const auto pending = read_all(s, {}, true);
+  REQUIRE(pending.size() == 6);
+  CHECK(pending.front().second == payload(1));
+  CHECK(read_all(s).size() == 10);  // done records are still readable until deleted
+}
+
+TEST_CASE("spool: a segment whose records are all done is deleted; the active one is kept",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  postbox::spool s(dir.path(), {.segment_size = 1024});
+  const std::string p(100, 'd');
+  std::vector<position> pos;
+  for (int i = 0; i < 20; ++i) pos.push_back(s.append_and_wait(p).pos);  // segments 1, 2, 3
+  REQUIRE(s.segments() == std::vector<std::uint32_t>{1, 2, 3});
+  for (int i = 0; i < 8; ++i) (void)s.mark_done(pos[static_cast<std::size_t>(i)]);
+  s.reclaim();
+  CHECK(exists(dir, "00000001.log"));  // one record of it is pending
+  (void)s.mark_done(pos[8]);
+  REQUIRE(postbox::test::wait_until([&] { return !exists(dir, "00000001.log"); }));
+  CHECK(s.segments() == std::vector<std::uint32_t>{2, 3});
+  for (int i = 18; i < 20; ++i) (void)s.mark_done(pos[static_cast<std::size_t>(i)]);
+  s.reclaim();
+  CHECK(exists(dir, "00000003.log"));  // all done, but active
+  CHECK(read_all(s).front().first == pos[9]);
+  CHECK(s.stats().deleted_segments == 1);
+}
+
+TEST_CASE("spool: deleting a newer fully-done segment keeps the done marks it held for older ones",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  std::vector<position> pos;
+  const std::string p(100, 'm');
+  {
+    postbox::spool s(dir.path(), {.segment_size = 1024});
+    for (int i = 0; i < 9; ++i) pos.push_back(s.append_and_wait(p).pos);  // fills segment 1
+    for (int i = 0; i < 9; ++i) pos.push_back(s.append_and_wait(p).pos);  // fills segment 2
+    REQUIRE(pos[9].segment == 2);
+    // Marks for segment 1 are written into segment 2 (the active one then).
+    for (int i = 0; i < 5; ++i) (void)s.mark_done(pos[static_cast<std::size_t>(i)]);
+    REQUIRE(!s.flush());
+    (void)s.append_and_wait(p);  // rolls to segment 3
+    for (int i = 9; i < 18; ++i) (void)s.mark_done(pos[static_cast<std::size_t>(i)]);
+    REQUIRE(postbox::test::wait_until([&] { return !exists(dir, "00000002.log"); }));
+    CHECK(exists(dir, "00000001.log"));
+  }
+  postbox::spool s(dir.path(), {.segment_size = 1024});
+  for (int i = 0; i < 9; ++i) CHECK(s.is_done(pos[static_cast<std::size_t>(i)]) == (i < 5));
+  CHECK(s.recovery().pending == 4 + 1);
+}
+
+TEST_CASE("spool: retention_time keeps fully-done segments until they are old enough",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  postbox::spool s(dir.path(), {.segment_size = 1024, .retention_time = std::chrono::milliseconds(300)});
+  const std::string p(100, 't');
+  std::vector<position> pos;
+  for (int i = 0; i < 10; ++i) pos.push_back(s.append_and_wait(p).pos);
+  for (int i = 0; i < 9; ++i) (void)s.mark_done(pos[static_cast<std::size_t>(i)]);
+  const auto done_at = std::chrono::steady_clock::now();
+  s.reclaim();
+  CHECK(exists(dir, "00000001.log"));  // done, but younger than 300 ms
+  REQUIRE(postbox::test::wait_until([&] { return !exists(dir, "00000001.log"); },
+                                    std::chrono::seconds(5)));
+  CHECK(std::chrono::steady_clock::now() - done_at >= std::chrono::milliseconds(250));
+}
+
+TEST_CASE("spool: retention_bytes deletes fully-done segments, oldest first, only while over",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  const std::string p(100, 'b');
+  // Segments of 24 + 9 * 109 = 1005 bytes; keep at most ~2.5 of them.
+  postbox::spool s(dir.path(), {.segment_size = 1024, .retention_bytes = 2500});
+  std::vector<position> pos;
+  for (int i = 0; i < 37; ++i) pos.push_back(s.append_and_wait(p).pos);  // segments 1..5
+  REQUIRE(s.segments().size() == 5);
+  for (int i = 0; i < 36; ++i) (void)s.mark_done(pos[static_cast<std::size_t>(i)]);
+  s.reclaim();
+  s.reclaim();
+  // 1..4 are done; 4 segments are 4020 + the active 133 bytes: delete 1 and 2.
+  CHECK(s.segments() == std::vector<std::uint32_t>{3, 4, 5});
+  CHECK(s.stats().bytes <= 2500 + 1005);
+}
+
+TEST_CASE("spool: a second opener of the directory gets a spool_error naming it",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  postbox::spool first(dir.path());
+  CHECK_THROWS_AS(postbox::spool(dir.path()), postbox::spool_error);
+  CHECK_THROWS_WITH(postbox::spool(dir.path()),
+                    Contains(dir.path().string()) && Contains("in use by another opener"));
+  CHECK(!first.append_and_wait("still mine").error);
+}
+
+TEST_CASE("spool: bad options and unusable directories are setup errors", "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  CHECK_THROWS_AS(postbox::spool(dir.path(), {.segment_size = 100}), postbox::config_error);
+  CHECK_THROWS_WITH(postbox::spool(dir.path(), {.segment_size = 100}), Contains("segment_size"));
+  CHECK_THROWS_AS(postbox::spool(dir.path(), {.fsync = postbox::fsync_policy::interval,
+                                              .fsync_interval = std::chrono::milliseconds(0)}),
+                  postbox::config_error);
+  const auto file = dir.path() / "a-file";
+  { std::FILE* f = std::fopen(file.c_str(), "w"); REQUIRE(f); std::fclose(f); }
+  CHECK_THROWS_WITH(postbox::spool(file / "q"), Contains("spool: cannot create directory") &&
+                                                    Contains((file / "q").string()));
+}
+
+TEST_CASE("spool: a failed write fails its appends, leaves no partial record, and appends "
+          "succeed again without reopening",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().pwrite = &faulty_pwrite;
+  postbox::spool s(dir.path());
+  const auto first = s.append_and_wait("before");
+  REQUIRE(!first.error);
+  const auto size_before = std::filesystem::file_size(dir.path() / "00000001.log");
+  fail_writes = ENOSPC;
+  const auto failed = s.append_and_wait("while the disk is full");
+  fail_writes = 0;
+  CHECK(failed.error == std::errc::no_space_on_device);
+  CHECK(std::filesystem::file_size(dir.path() / "00000001.log") == size_before);
+  CHECK(!s.fault());
+  const auto after = s.append_and_wait("after");
+  CHECK(!after.error);
+  CHECK(after.pos == position{1, static_cast<std::uint32_t>(size_before)});
+  const auto all = read_all(s);
+  REQUIRE(all.size() == 2);
+  CHECK(all[1].second == "after");
+}
+
+TEST_CASE("spool: a failed fdatasync is fatal: nothing it covered is reported durable, and "
+          "later appends fail",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &faulty_fdatasync;
+  {
+    postbox::spool s(dir.path());
+    REQUIRE(!s.append_and_wait("durable").error);
+    fail_syncs = EIO;
+    const auto o = s.append_and_wait("covered by the failed sync");
+    fail_syncs = 0;
+    CHECK(o.error == std::errc::io_error);
+    CHECK(s.fault() == std::errc::io_error);
+    CHECK(s.append("later", {}) == postbox::append_status::failed);
+    CHECK(s.append_and_wait("later").error == std::errc::io_error);
+    CHECK(read_all(s).size() == 1);  // the failed record is never visible
+    CHECK(s.flush() == std::errc::io_error);
+  }
+  postbox::spool s(dir.path());  // reopening recovers what is on disk
+  CHECK(!s.append_and_wait("after reopen").error);
+}
