@@ -337,3 +337,63 @@ TEST_CASE("forwarder: a config file takes the same keys as the command line",
   fwd.process->kill(SIGINT);
   CHECK(fwd.process->wait() == 0);
 }
+
+TEST_CASE("forwarder: the tap mirrors every message that passes, and the rate log reports",
+          "[multiprocess][forwarder]") {
+  running_forwarder fwd({"--frontend", "@tcp://127.0.0.1:*", "--backend", "@tcp://127.0.0.1:*",
+                         "--control", "none", "--tap", "@tcp://127.0.0.1:*", "--stats-interval",
+                         "1"});
+  postbox::context ctx;
+  postbox::publisher pub(ctx, ">" + fwd.at("frontend"));
+  postbox::subscriber sub(ctx, ">" + fwd.at("backend"));
+  postbox::subscriber tap(ctx, ">" + fwd.at("tap"));
+  sub.subscribe("jobs.");
+  tap.subscribe("");
+  REQUIRE(pub.wait_for_subscribers(1, 20s));
+  // The tap's subscriber is connected once it sees a probe published on the
+  // topic the real subscriber wants.
+  REQUIRE(postbox::test::wait_until([&] {
+    pub.publish("jobs.probe", "");
+    while (auto m = sub.receive(0ms)) {
+    }
+    return tap.receive(1ms).has_value();
+  }, 20s));
+  while (tap.receive(200ms) || sub.receive(0ms)) {
+  }
+  for (int i = 0; i < 50; ++i) pub.publish("jobs.x", std::to_string(i));
+  const auto seen = receive_all(sub, 50);
+  std::vector<std::string> mirrored;
+  for (auto m = tap.receive(10s); m; m = tap.receive(mirrored.size() < 49 ? 10000ms : 200ms)) {
+    if (m->topic() == "jobs.x") mirrored.push_back("jobs.x=" + std::string(m->payload()));
+  }
+  CHECK(seen.size() == 50);
+  CHECK(mirrored == seen);
+
+  std::string line;
+  bool rate_logged = false;
+  while (!rate_logged && fwd.process->read_line(line, 5s)) {
+    rate_logged = line.find(" rate: in ") != std::string::npos;
+  }
+  CHECK(rate_logged);
+}
+
+TEST_CASE("forwarder: a frame over --max-message-size drops only its sender's connection",
+          "[multiprocess][forwarder][hostile]") {
+  running_forwarder fwd({"--mode", "pipeline", "--frontend", "@tcp://127.0.0.1:*", "--backend",
+                         "@tcp://127.0.0.1:*", "--control", "@tcp://127.0.0.1:*",
+                         "--max-message-size", "4096"});
+  postbox::context ctx;
+  postbox::receiver worker(ctx, ">" + fwd.at("backend"));
+  postbox::sender honest(ctx, ">" + fwd.at("frontend"));
+  zmq::socket_t greedy(ctx.native(), zmq::socket_type::push);
+  greedy.connect(fwd.at("frontend"));
+  greedy.send(zmq::buffer(std::string(100'000, 'g')), zmq::send_flags::none);
+  for (int i = 0; i < 20; ++i) honest.send("job", std::to_string(i));
+  for (int i = 0; i < 20; ++i) {
+    auto m = worker.receive(10s);
+    REQUIRE(m);
+    CHECK(m->payload() == std::to_string(i));
+  }
+  CHECK_FALSE(worker.receive(200ms));
+  CHECK(json_number(control(ctx, fwd.at("control"), "stats"), "messages_in") == 20);
+}
