@@ -6,7 +6,9 @@
 //
 // Each side of a pair has its own context (one I/O thread), as two processes
 // would. Every figure is the median of several rounds, raw and postbox
-// alternating, and the ratio postbox/raw is the figure to quote.
+// alternating, and the ratio postbox/raw is the figure to quote. The last
+// column is the process's CPU time per message (all threads), which is
+// steadier than throughput on a shared machine.
 #include <postbox/postbox.hpp>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zmq.hpp>
 
@@ -51,7 +54,18 @@ struct config {
 struct result {
   double msgs_per_s = 0;
   double allocs_per_msg = 0;
+  double cpu_ns_per_msg = 0;  // user+system time of the whole process per message
 };
+
+// Process CPU time (all threads, libzmq's included), in nanoseconds.
+double cpu_ns() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto ns = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) * 1e9 + static_cast<double>(tv.tv_usec) * 1e3;
+  };
+  return ns(ru.ru_utime) + ns(ru.ru_stime);
+}
 
 std::string endpoint_for(const std::string& transport) {
   static int n = 0;
@@ -85,6 +99,7 @@ result raw_run(const std::string& transport, bool pubsub, std::size_t size, int 
     (void)tx.recv(sub);  // the subscription has arrived: nothing is published into the void
   }
   double seconds = 0;
+  const double cpu0 = cpu_ns();
   std::thread receiver([&] {
     zmq::message_t m;
     (void)rx.recv(m);
@@ -95,7 +110,7 @@ result raw_run(const std::string& transport, bool pubsub, std::size_t size, int 
   std::string payload(size, 'x');
   for (int i = 0; i < count; ++i) tx.send(zmq::buffer(payload));
   receiver.join();
-  return {(count - 1) / seconds, 0};
+  return {(count - 1) / seconds, 0, (cpu_ns() - cpu0) / count};
 }
 
 // ---- postbox channels ----
@@ -108,11 +123,13 @@ result postbox_run(const std::string& transport, bool pubsub, std::size_t size, 
   std::string payload(size, 'x');
   std::uint64_t allocs = 0;
   const std::string topic = "bench.topic";
+  double cpu0 = 0;
   if (pubsub) {
     postbox::publisher pub(sctx, "@" + endpoint_for(transport), opts);
     postbox::subscriber sub(rctx, ">" + pub.endpoints().front(), opts);
     sub.subscribe("bench.");
     if (!pub.wait_for_subscribers(1, std::chrono::seconds(10))) std::abort();
+    cpu0 = cpu_ns();
     std::thread receiver([&] {
       postbox::message m;
       (void)sub.receive(m);
@@ -129,6 +146,7 @@ result postbox_run(const std::string& transport, bool pubsub, std::size_t size, 
   } else {
     postbox::sender tx(sctx, "@" + endpoint_for(transport), opts);
     postbox::receiver rx(rctx, ">" + tx.endpoints().front(), opts);
+    cpu0 = cpu_ns();
     std::thread receiver([&] {
       postbox::message m;
       (void)rx.receive(m);
@@ -142,7 +160,8 @@ result postbox_run(const std::string& transport, bool pubsub, std::size_t size, 
     allocs = allocations - before;
     receiver.join();
   }
-  return {(count - 1) / seconds, static_cast<double>(allocs) / (count - 1)};
+  return {(count - 1) / seconds, static_cast<double>(allocs) / (count - 1),
+          (cpu_ns() - cpu0) / count};
 }
 
 // ---- request/reply latency ----
@@ -227,8 +246,9 @@ int main(int argc, char** argv) {
   std::printf("WARNING: built without optimisation (NDEBUG unset); figures are not comparable\n");
 #endif
   std::printf("postbox channel throughput beside raw libzmq (median of %d rounds)\n", cfg.rounds);
-  std::printf("%-10s %-5s %6s %14s %10s %14s %10s %7s %12s\n", "shape", "tx", "bytes", "raw msg/s",
-              "raw MB/s", "postbox msg/s", "pb MB/s", "ratio", "allocs/msg");
+  std::printf("%-10s %-5s %6s %14s %10s %14s %10s %7s %12s %16s\n", "shape", "tx", "bytes",
+              "raw msg/s", "raw MB/s", "postbox msg/s", "pb MB/s", "ratio", "allocs/msg",
+              "cpu ns/msg raw:pb");
   bool target_met = true;
   for (const char* shape : {"push/pull", "pub/sub"}) {
     const bool pubsub = std::strcmp(shape, "pub/sub") == 0;
@@ -238,19 +258,23 @@ int main(int argc, char** argv) {
       for (std::size_t size : {16, 100, 1024}) {
         if (cfg.size != 0 && cfg.size != size) continue;
         const int count = static_cast<int>((size >= 1024 ? 400'000 : 1'000'000) * cfg.scale);
-        std::vector<double> raw, pb;
+        std::vector<double> raw, pb, raw_cpu, pb_cpu;
         double allocs = 0;
         for (int r = 0; r < cfg.rounds; ++r) {
-          raw.push_back(raw_run(transport, pubsub, size, count).msgs_per_s);
+          const auto q = raw_run(transport, pubsub, size, count);
+          raw.push_back(q.msgs_per_s);
+          raw_cpu.push_back(q.cpu_ns_per_msg);
           const auto p = postbox_run(transport, pubsub, size, count);
           pb.push_back(p.msgs_per_s);
+          pb_cpu.push_back(p.cpu_ns_per_msg);
           allocs = std::max(allocs, p.allocs_per_msg);
         }
         const double raw_m = median(raw), pb_m = median(pb), ratio = pb_m / raw_m;
-        std::printf("%-10s %-5s %6zu %14.0f %10.1f %14.0f %10.1f %7.2f %12.3f\n", shape,
-                    transport.c_str(), size, raw_m, raw_m * static_cast<double>(size) / 1e6, pb_m,
-                    pb_m * static_cast<double>(size) / 1e6,
-                    ratio, allocs);
+        std::printf("%-10s %-5s %6zu %14.0f %10.1f %14.0f %10.1f %7.2f %12.3f %8.0f:%-7.0f\n",
+                    shape, transport.c_str(), size, raw_m,
+                    raw_m * static_cast<double>(size) / 1e6, pb_m,
+                    pb_m * static_cast<double>(size) / 1e6, ratio, allocs, median(raw_cpu),
+                    median(pb_cpu));
         std::fflush(stdout);
         if (transport == "tcp" && size == 100 && ratio < 0.8) target_met = false;
       }
