@@ -124,6 +124,7 @@ struct forwarder::impl {
 
   void run(const std::atomic<bool>& stop);
   bool forward_one(bool pipeline);
+  bool send_held();
   void on_subscription(zmq::message_t& event);
   void serve_control();
   void send_cached(std::string_view filter);
@@ -141,16 +142,38 @@ struct forwarder::impl {
   std::unordered_map<std::string, std::vector<zmq::message_t>, string_hash, std::equal_to<>> lvc;
   std::unordered_map<std::string, std::uint64_t, string_hash, std::equal_to<>> filters;
   message scratch;
+  std::size_t held = 0;        // frames of a message taken in but not yet sent on
+  std::size_t held_bytes = 0;
   forwarder_stats last_logged;
   std::chrono::steady_clock::time_point last_log_time = std::chrono::steady_clock::now();
 };
 
-// Receives one message from the frontend and forwards it; false when there
-// was none (or the pipeline backend cannot take one now).
-bool forwarder::impl::forward_one(bool pipeline) {
-  void* in = frontend.socket.handle();
+// Sends the message held in frames[0..held) to the backend without waiting;
+// false (still held) when the backend cannot take it now.
+bool forwarder::impl::send_held() {
   void* out = backend.socket.handle();
-  if (pipeline && (backend.socket.get(zmq::sockopt::events) & ZMQ_POLLOUT) == 0) return false;
+  for (std::size_t i = 0; i < held; ++i) {
+    // Once the first frame is in, libzmq takes the rest of the message.
+    const int flags = (i + 1 < held ? ZMQ_SNDMORE : 0) | (i == 0 ? ZMQ_DONTWAIT : 0);
+    while (zmq_msg_send(frames[i].handle(), out, flags) < 0) {
+      if (i == 0 && zmq_errno() == EAGAIN) return false;
+      if (zmq_errno() != EINTR) {
+        throw transport_error(std::string("backend send: ") + zmq_strerror(zmq_errno()));
+      }
+    }
+  }
+  ++stats.messages_out;
+  stats.bytes_out += held_bytes;
+  held = 0;
+  return true;
+}
+
+// Receives one message from the frontend and forwards it; false when there
+// was none, or when the (pipeline) backend could not take it: then it stays
+// held, and the frontend is not read again until it has gone out.
+bool forwarder::impl::forward_one(bool pipeline) {
+  if (held > 0 && !send_held()) return false;
+  void* in = frontend.socket.handle();
   if (zmq_msg_recv(frames[0].handle(), in, ZMQ_DONTWAIT) < 0) {
     if (zmq_errno() == EAGAIN || zmq_errno() == EINTR) return false;
     throw transport_error(std::string("frontend receive: ") + zmq_strerror(zmq_errno()));
@@ -201,15 +224,11 @@ bool forwarder::impl::forward_one(bool pipeline) {
     }
     ++stats.tapped;
   }
-  for (std::size_t i = 0; i < count; ++i) {
-    const int flags = (i + 1 < count ? ZMQ_SNDMORE : 0) | (pipeline ? 0 : ZMQ_DONTWAIT);
-    while (zmq_msg_send(frames[i].handle(), out, flags) < 0) {
-      if (zmq_errno() != EINTR) throw transport_error(std::string("backend send: ") + zmq_strerror(zmq_errno()));
-    }
-  }
-  ++stats.messages_out;
-  stats.bytes_out += bytes;
-  return true;
+  held = count;
+  held_bytes = bytes;
+  // XPUB never refuses (a full subscriber queue drops, and its gap
+  // accounting reports it); PUSH may, and then the message waits here.
+  return send_held() || !pipeline;
 }
 
 void forwarder::impl::cache(std::size_t count) {
@@ -339,7 +358,8 @@ void forwarder::impl::run(const std::atomic<bool>& stop) {
     // In pipeline mode the frontend is read only while the backend can take
     // a message: back-pressure goes to the producers, nothing is dropped.
     const bool backend_ready =
-        !pipeline || (backend.socket.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0;
+        !pipeline ||
+        (held == 0 && (backend.socket.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0);
     zmq_pollitem_t items[3];
     int n = 0;
     const int front_at = backend_ready ? n : -1;
@@ -352,7 +372,8 @@ void forwarder::impl::run(const std::atomic<bool>& stop) {
       if (zmq_errno() == EINTR) continue;
       throw transport_error(std::string("poll: ") + zmq_strerror(zmq_errno()));
     }
-    if (front_at >= 0 && (items[front_at].revents & ZMQ_POLLIN)) {
+    if ((front_at >= 0 && (items[front_at].revents & ZMQ_POLLIN)) ||
+        (pipeline && (items[back_at].revents & ZMQ_POLLOUT))) {
       for (int i = 0; i < burst && forward_one(pipeline); ++i) {
       }
     }
@@ -373,6 +394,9 @@ void forwarder::impl::run(const std::atomic<bool>& stop) {
         std::chrono::steady_clock::now() - last_log_time >= config.stats_interval) {
       log_rates(false);
     }
+  }
+  if (held > 0) {
+    log.warn("stopping with one message taken from the frontend that no worker could take");
   }
   log_rates(true);
 }

@@ -397,3 +397,33 @@ TEST_CASE("forwarder: a frame over --max-message-size drops only its sender's co
   CHECK_FALSE(worker.receive(200ms));
   CHECK(json_number(control(ctx, fwd.at("control"), "stats"), "messages_in") == 20);
 }
+
+TEST_CASE("forwarder pipeline: with no worker nothing is dropped, and SIGTERM still stops it",
+          "[multiprocess][forwarder]") {
+  running_forwarder fwd({"--mode", "pipeline", "--frontend", "@tcp://127.0.0.1:*", "--backend",
+                         "@tcp://127.0.0.1:*", "--control", "@tcp://127.0.0.1:*"});
+  postbox::context ctx;
+  postbox::sender producer(ctx, ">" + fwd.at("frontend"));
+  for (int i = 0; i < 100; ++i) {
+    REQUIRE(producer.send_for("job", std::to_string(i), 10s) == postbox::send_result::ok);
+  }
+  // With no worker the forwarder reads nothing (the messages wait in the
+  // queues, and producers would block once those are full), and it keeps
+  // serving its control endpoint meanwhile.
+  CHECK(control(ctx, fwd.at("control"), "ping") == "pong");
+  CHECK(json_number(control(ctx, fwd.at("control"), "stats"), "messages_out") == 0);
+  postbox::receiver worker(ctx, ">" + fwd.at("backend"));
+  for (int i = 0; i < 100; ++i) {
+    auto m = worker.receive(10s);
+    REQUIRE(m);
+    CHECK(m->payload() == std::to_string(i));
+  }
+
+  running_forwarder stuck({"--mode", "pipeline", "--frontend", "@tcp://127.0.0.1:*", "--backend",
+                           "@tcp://127.0.0.1:*", "--control", "@tcp://127.0.0.1:*"});
+  postbox::sender lonely(ctx, ">" + stuck.at("frontend"));
+  REQUIRE(lonely.send_for("job", "nobody takes this", 10s) == postbox::send_result::ok);
+  CHECK(control(ctx, stuck.at("control"), "ping") == "pong");
+  stuck.process->kill(SIGTERM);
+  CHECK(stuck.process->wait(10s) == 0);
+}
