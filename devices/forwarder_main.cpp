@@ -21,6 +21,9 @@ int main(int argc, char** argv) {
   } catch (const postbox::error& e) {  // config, endpoint, address in use
     std::fprintf(stderr, "postbox-forwarder: %s (see --help)\n", e.what());
     return exit_usage_error;
+  } catch (const std::exception& e) {  // e.g. out of sockets or memory
+    std::fprintf(stderr, "postbox-forwarder: %s\n", e.what());
+    return exit_runtime_error;
   }
   try {
     stop_on_signals(stop);

@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
   } catch (const postbox::error& e) {
     std::fprintf(stderr, "postbox: %s\n", e.what());
     return 1;
-  } catch (const zmq::error_t& e) {
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "postbox: %s\n", e.what());
     return 1;
   }

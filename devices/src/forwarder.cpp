@@ -5,6 +5,7 @@
 
 #include <postbox/detail/socket.hpp>
 #include <postbox/error.hpp>
+#include <postbox/pub_sub.hpp>
 #include <postbox/topic.hpp>
 
 #include <cerrno>
@@ -98,6 +99,9 @@ struct forwarder::impl {
       // and goes upstream, so publishers behind us count subscribers exactly
       // and the cache can greet each newcomer.
       backend.socket.set(zmq::sockopt::xpub_verboser, 1);
+      // Subscriptions only come in here; a huge one would crash libzmq's
+      // subscription trie upstream (see pub_sub.hpp).
+      backend.socket.set(zmq::sockopt::maxmsgsize, postbox::detail::max_subscription_size);
       if (config.last_value_cache) {
         // The cache must see every topic, subscribed to or not.
         const char all = 1;

@@ -2,7 +2,9 @@
 #include <postbox/codec.hpp>
 #include <postbox/message.hpp>
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 
 namespace postbox {
 namespace {
@@ -47,6 +49,41 @@ message::message(const message& other)
   payload_frame_.copy(const_cast<zmq::message_t&>(other.payload_frame_));
 }
 
+message::message(message&& other) noexcept
+    : topic_(std::move(other.topic_)),
+      payload_frame_(std::move(other.payload_frame_)),
+      payload_offset_(std::exchange(other.payload_offset_, 0)),
+      payload_size_(std::exchange(other.payload_size_, 0)),
+      id_(other.id_),
+      timestamp_us_(other.timestamp_us_),
+      origin_(other.origin_),
+      sequence_(other.sequence_),
+      attempt_(other.attempt_),
+      has_key_(std::exchange(other.has_key_, false)),
+      key_(std::move(other.key_)),
+      correlation_(other.correlation_),
+      headers_(std::move(other.headers_)) {}
+
+message& message::operator=(message&& other) noexcept {
+  if (this != &other) {
+    topic_ = std::move(other.topic_);
+    payload_frame_ = std::move(other.payload_frame_);
+    other.payload_frame_.rebuild();
+    payload_offset_ = std::exchange(other.payload_offset_, 0);
+    payload_size_ = std::exchange(other.payload_size_, 0);
+    id_ = other.id_;
+    timestamp_us_ = other.timestamp_us_;
+    origin_ = other.origin_;
+    sequence_ = other.sequence_;
+    attempt_ = other.attempt_;
+    has_key_ = std::exchange(other.has_key_, false);
+    key_ = std::move(other.key_);
+    correlation_ = other.correlation_;
+    headers_ = std::move(other.headers_);
+  }
+  return *this;
+}
+
 message& message::operator=(const message& other) {
   if (this != &other) {
     message copy(other);
@@ -71,8 +108,11 @@ std::optional<std::string_view> message::header_value(std::string_view name) con
 
 msgpack::object_handle message::unpack_payload(const unpack_limits& limits) const {
   const auto data = payload();
-  const msgpack::unpack_limit limit(limits.elements, limits.elements, data.size(), data.size(),
-                                    data.size(), limits.depth);
+  // Every element takes at least one byte: a claimed count beyond the
+  // payload's size is a lie, and msgpack-c would reserve memory for it.
+  const std::size_t elements = std::min(limits.elements, data.size());
+  const msgpack::unpack_limit limit(elements, elements, data.size(), data.size(), data.size(),
+                                    limits.depth);
   try {
     std::size_t offset = 0;
     auto handle = msgpack::unpack(data.data(), data.size(), offset, nullptr, nullptr, limit);
@@ -87,6 +127,8 @@ msgpack::object_handle message::unpack_payload(const unpack_limits& limits) cons
     throw protocol_error(std::string("payload exceeds an unpack limit: ") + e.what());
   } catch (const msgpack::unpack_error& e) {
     throw protocol_error(std::string("payload is not valid msgpack: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    throw protocol_error("payload claims more memory than can be had");
   }
 }
 

@@ -26,6 +26,10 @@ publisher::publisher(context& ctx, std::string_view endpoints, const socket_opti
   // as for every sending socket) matters here too: without it a connection
   // that drops keeps its pipe, and with it the pipe's stale subscriptions.
   core_.socket.set(zmq::sockopt::xpub_verboser, 1);
+  // An XPUB receives only subscriptions: a topic prefix or a marker. A huge
+  // one would cost libzmq's subscription trie a node per byte (hundreds of
+  // MB, and a stack overflow when it is freed), so refuse them at the door.
+  core_.socket.set(zmq::sockopt::maxmsgsize, detail::max_subscription_size);
 }
 
 std::uint64_t publisher::next_sequence(std::string_view topic) {

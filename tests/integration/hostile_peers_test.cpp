@@ -106,3 +106,28 @@ TEST_CASE("subscriber: garbage published by a raw PUB is counted while postbox m
   CHECK(m->payload() == "fine");
   CHECK(sub.stats().rejected.total() == 1);
 }
+
+TEST_CASE("publisher: a huge subscription is refused at the door while others keep being served",
+          "[integration][hostile][pubsub]") {
+  postbox::context ctx;
+  postbox::publisher pub(ctx, "@tcp://127.0.0.1:*");
+  zmq::socket_t greedy(ctx.native(), zmq::socket_type::sub);
+  greedy.connect(pub.endpoints().front());
+  // 64 KiB: far over the 1 KiB a publisher accepts, yet small enough that the
+  // raw SUB's own subscription trie (libzmq frees it recursively) survives.
+  greedy.set(zmq::sockopt::subscribe, std::string(64 * 1024, 'x'));
+  postbox::subscriber honest(ctx, ">" + pub.endpoints().front());
+  honest.subscribe("news.");
+  REQUIRE(pub.wait_for_subscribers(1, 10s));
+  pub.publish("news.a", "still here");
+  auto m = honest.receive(5s);
+  REQUIRE(m);
+  CHECK(m->payload() == "still here");
+  greedy.close();
+  REQUIRE(postbox::test::wait_until([&] {
+    CHECK_FALSE(honest.receive(1ms));
+    return !pub.wait_for_subscriber(std::string(10, 'x'), 0ms);
+  }));
+  pub.publish("news.b", "and still");
+  CHECK(honest.receive(5s));
+}

@@ -344,3 +344,24 @@ TEST_CASE("message id: two generators in the same millisecond make different ids
   const std::uint64_t ms = 1'700'000'000'000;
   CHECK(a.next(ms) != b.next(ms));
 }
+
+TEST_CASE("message: a moved-from message is empty, not a view of the moved payload",
+          "[unit][message]") {
+  postbox::message a("t", std::string(4000, 'p'));
+  postbox::message b(std::move(a));
+  CHECK(b.payload().size() == 4000);
+  CHECK(a.payload().empty());  // NOLINT(bugprone-use-after-move): the contract under test
+  postbox::message c("u", std::string(5000, 'q'));
+  c = std::move(b);
+  CHECK(c.payload() == std::string(4000, 'p'));
+  CHECK(b.payload().empty());  // NOLINT(bugprone-use-after-move)
+}
+
+TEST_CASE("message: a payload claiming huge nested maps is refused without reserving memory",
+          "[unit][message]") {
+  std::string payload;
+  for (int i = 0; i < 31; ++i) payload += std::string("\xdf\x00\x10\x00\x00", 5);
+  postbox::message m("t", payload);
+  using int_map = std::map<int, int>;
+  CHECK_THROWS_AS(m.as<int_map>(), postbox::protocol_error);
+}

@@ -50,8 +50,9 @@ class message {
 
   message(const message& other);
   message& operator=(const message& other);
-  message(message&&) noexcept = default;
-  message& operator=(message&&) noexcept = default;
+  /// A moved-from message is empty (no payload), not a dangling view.
+  message(message&& other) noexcept;
+  message& operator=(message&& other) noexcept;
 
   /// A message whose payload is `value` packed with msgpack.
   template <class T>

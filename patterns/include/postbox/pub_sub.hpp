@@ -175,6 +175,10 @@ namespace detail {
 /// Subscription marker prefix: byte 0xFF sorts after every UTF-8 topic, so a
 /// reconnecting SUB sends it after its real filters (docs/protocol.md).
 inline constexpr std::string_view subscriber_marker = "\xFFpostbox.subscriber.";
+/// The largest subscription message an XPUB accepts (ZMQ_MAXMSGSIZE): a
+/// flag byte and a filter of at most a topic and its 0x00, or a marker.
+inline constexpr std::int64_t max_subscription_size = 1024;
+static_assert(max_subscription_size >= 1 + static_cast<std::int64_t>(max_topic_size) + 1);
 }  // namespace detail
 
 }  // namespace postbox
