@@ -151,6 +151,12 @@ subscriber::subscriber(context& ctx, std::string_view endpoints, const socket_op
     throw transport_error("subscriber: cannot monitor its socket: " +
                           std::string(zmq_strerror(zmq_errno())));
   }
+  // A bound subscriber sees every new publisher on its one address: those
+  // are new peers, not reconnections, and carry the filters by themselves.
+  const auto parsed = parse_endpoints(endpoints, endpoint_mode::connect);
+  for (std::size_t i = 0; i < parsed.size() && i < core_.endpoints.size(); ++i) {
+    if (parsed[i].mode == endpoint_mode::bind) bound_.insert(core_.endpoints[i]);
+  }
   monitor_ = zmq::socket_t(ctx.native(), zmq::socket_type::pair);
   monitor_.set(zmq::sockopt::linger, 0);
   monitor_.connect(monitor_endpoint);
@@ -243,6 +249,7 @@ void subscriber::resubscribe_after_reconnect() {
   while (zmq_msg_recv(event.handle(), monitor_.handle(), ZMQ_DONTWAIT) >= 0) {
     if (event.more()) continue;
     std::string endpoint = event.to_string();
+    if (bound_.count(endpoint) != 0) continue;
     if (!connected_.insert(std::move(endpoint)).second) reconnected = true;
   }
   if (!reconnected || filters_.empty()) return;
