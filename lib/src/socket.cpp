@@ -86,8 +86,7 @@ std::uint64_t random_nonzero() {
 send_result channel_socket::send(encoded& frames, std::chrono::milliseconds timeout,
                                  zmq::message_t* prefix, std::size_t prefix_count) {
   const bool forever = timeout.count() < 0;
-  // The clock is read only once a send has to wait: the fast path is one call.
-  std::optional<std::chrono::steady_clock::time_point> deadline;
+  time_budget budget(timeout);  // the fast path, sent at once, reads no clock
   void* handle = socket.handle();
   zmq_msg_t* first = prefix_count > 0 ? prefix[0].handle() : frames.first.handle();
   const std::size_t total = prefix_count + static_cast<std::size_t>(frames.frames);
@@ -105,8 +104,7 @@ send_result channel_socket::send(encoded& frames, std::chrono::milliseconds time
     }
     if (err == EINTR) continue;
     if (err != EAGAIN) throw transport_error(std::string("send: ") + zmq_strerror(err));
-    if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
-    const int wait = remaining_ms(*deadline, forever);
+    const int wait = budget.left();
     if (wait == 0) {
       ++stats.would_block;
       return timeout.count() == 0 ? send_result::would_block : send_result::timed_out;
@@ -131,7 +129,7 @@ send_result channel_socket::send(encoded& frames, std::chrono::milliseconds time
 received_frames channel_socket::receive(zmq::message_t* out, std::size_t max,
                                         std::chrono::milliseconds timeout) {
   const bool forever = timeout.count() < 0;
-  std::optional<std::chrono::steady_clock::time_point> deadline;
+  time_budget budget(timeout);
   void* handle = socket.handle();
   received_frames result;
   zmq::message_t scratch;
@@ -141,8 +139,7 @@ received_frames channel_socket::receive(zmq::message_t* out, std::size_t max,
     const int err = zmq_errno();
     if (err == EINTR) return result;
     if (err != EAGAIN) throw transport_error(std::string("receive: ") + zmq_strerror(err));
-    if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
-    const int wait = remaining_ms(*deadline, forever);
+    const int wait = budget.left();
     if (wait == 0) return result;
     zmq::pollitem_t item{handle, 0, ZMQ_POLLIN, 0};
     if (zmq_poll(&item, 1, wait) < 0) {

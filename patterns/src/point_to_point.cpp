@@ -51,9 +51,9 @@ namespace detail {
 
 bool receive_decoded(channel_socket& core, zmq::message_t (&frames)[2], message& into,
                      std::chrono::milliseconds timeout) {
-  // The deadline is computed only when a rejected message makes us wait
-  // again: the common case reads no clock.
-  std::optional<std::chrono::steady_clock::time_point> deadline;
+  // The first wait is the whole timeout; only a rejected message, which makes
+  // us wait again, starts the clock.
+  time_budget budget(timeout);
   auto wait = timeout;
   while (true) {
     const auto got = core.receive(frames, 2, wait);
@@ -65,11 +65,8 @@ bool receive_decoded(channel_socket& core, zmq::message_t (&frames)[2], message&
       return true;
     }
     core.stats.rejected.count(*reason);
-    if (timeout.count() > 0) {
-      if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
-      wait = std::chrono::milliseconds(remaining_ms(*deadline, false));
-      if (wait.count() == 0) return false;
-    }
+    if (budget.ran_out()) return false;
+    wait = std::chrono::milliseconds(budget.left());
   }
 }
 

@@ -267,7 +267,7 @@ bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
     receives_since_check_ = 0;
     resubscribe_after_reconnect();
   }
-  std::optional<std::chrono::steady_clock::time_point> deadline;
+  detail::time_budget budget(timeout);
   while (true) {
     if (detail::receive_decoded(core_, frames_, into, std::chrono::milliseconds(0))) {
       const bool fresh = track(into);
@@ -277,14 +277,10 @@ bool subscriber::receive(message& into, std::chrono::milliseconds timeout) {
       continue;
     }
     // Nothing queued: wait for a message, or for a reconnection to handle.
-    int wait = -1;
-    if (timeout.count() >= 0) {
-      if (!deadline) deadline = std::chrono::steady_clock::now() + timeout;
-      wait = detail::remaining_ms(*deadline, false);
-      if (wait == 0) {
-        resubscribe_after_reconnect();
-        return false;
-      }
+    const int wait = budget.left();
+    if (wait == 0) {
+      resubscribe_after_reconnect();
+      return false;
     }
     zmq_pollitem_t items[2] = {{core_.socket.handle(), 0, ZMQ_POLLIN, 0},
                                {monitor_.handle(), 0, ZMQ_POLLIN, 0}};

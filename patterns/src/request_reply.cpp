@@ -88,11 +88,12 @@ replier::replier(context& ctx, std::string_view endpoints, const socket_options&
 }
 
 std::optional<request> replier::receive(std::chrono::milliseconds timeout) {
-  const bool forever_wait = timeout.count() < 0;
-  const auto deadline = std::chrono::steady_clock::now() + (forever_wait ? decltype(timeout){0} : timeout);
+  // As receive_decoded: the clock starts only when a rejected request makes
+  // us wait again.
+  detail::time_budget budget(timeout);
+  auto wait = timeout;
   while (true) {
-    const auto left = std::chrono::milliseconds(detail::remaining_ms(deadline, forever_wait));
-    const auto got = core_.receive(frames_, 4, left);
+    const auto got = core_.receive(frames_, 4, wait);
     if (!got.got) return std::nullopt;
     request req;
     std::optional<reject_reason> reason;
@@ -107,7 +108,8 @@ std::optional<request> replier::receive(std::chrono::milliseconds timeout) {
       return req;
     }
     core_.stats.rejected.count(*reason);
-    if (!forever_wait && left.count() == 0) return std::nullopt;
+    if (budget.ran_out()) return std::nullopt;
+    wait = std::chrono::milliseconds(budget.left());
   }
 }
 

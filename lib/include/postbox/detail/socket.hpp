@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -68,6 +69,26 @@ struct pack_buffer {
 
 /// Milliseconds left until `deadline`, at least 0; -1 when there is none.
 [[nodiscard]] int remaining_ms(std::chrono::steady_clock::time_point deadline, bool forever) noexcept;
+
+/// What is left of a timeout. The clock is read only from the first call to
+/// left() on, so a call that never has to wait never reads it.
+class time_budget {
+ public:
+  explicit time_budget(std::chrono::milliseconds timeout) noexcept : timeout_(timeout) {}
+  /// Milliseconds left: -1 for a negative timeout (no limit), 0 when none.
+  [[nodiscard]] int left() noexcept {
+    if (timeout_.count() <= 0) return timeout_.count() < 0 ? -1 : 0;
+    if (!deadline_) deadline_ = std::chrono::steady_clock::now() + timeout_;
+    return remaining_ms(*deadline_, false);
+  }
+  /// True when a positive timeout has run out. A zero timeout never does:
+  /// it means "take what is there, without waiting".
+  [[nodiscard]] bool ran_out() noexcept { return timeout_.count() > 0 && left() == 0; }
+
+ private:
+  std::chrono::milliseconds timeout_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
+};
 
 /// A random 64-bit number, never 0.
 [[nodiscard]] std::uint64_t random_nonzero();
