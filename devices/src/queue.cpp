@@ -1,0 +1,1541 @@
+// The queue device (postbox/devices/queue.hpp). One thread runs the loop:
+// it reads commands, appends to the spools, and turns the spools' durable
+// callbacks (which arrive on their writer threads, through `completions`)
+// into confirms and deliveries. docs/queue-device.md explains the design.
+#include <postbox/devices/queue.hpp>
+
+#include <postbox/codec.hpp>
+#include <postbox/detail/queue_wire.hpp>
+#include <postbox/detail/socket.hpp>
+#include <postbox/error.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+namespace postbox::devices {
+
+namespace wire = detail::queue_wire;
+namespace fs = std::filesystem;
+using steady = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr std::string_view dlq_suffix = ".dlq";
+constexpr std::size_t max_reason = 1024;
+constexpr std::size_t max_control_request = 256;
+constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before looking elsewhere
+constexpr milliseconds tick{100};
+constexpr milliseconds pause_threshold{1'000};
+
+std::uint64_t now_us() noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+// ---- the queue record: what the device keeps in a spool (docs/queue-device.md) ----
+
+constexpr std::uint8_t record_message = 1;
+constexpr std::size_t record_fixed = 43;  // kind, 3 times, id, key length
+constexpr std::uint16_t no_key = 0xFFFF;
+
+void put_u64(std::string& s, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>(v >> (8 * i)));
+}
+void put_u32(std::string& s, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>(v >> (8 * i)));
+}
+std::uint64_t get_u64(const char* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+std::uint32_t get_u32(const char* p) noexcept {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+struct record_fields {
+  std::uint64_t enqueued_us = 0, not_before_us = 0, expires_us = 0;
+  message_id id;
+  std::optional<std::string_view> key;
+  std::string_view envelope;
+};
+
+void build_record(std::string& out, const record_fields& f) {
+  out.clear();
+  out.push_back(static_cast<char>(record_message));
+  put_u64(out, f.enqueued_us);
+  put_u64(out, f.not_before_us);
+  put_u64(out, f.expires_us);
+  out.append(reinterpret_cast<const char*>(f.id.bytes.data()), 16);
+  const std::uint16_t klen = f.key ? static_cast<std::uint16_t>(f.key->size()) : no_key;
+  out.push_back(static_cast<char>(klen & 0xFF));
+  out.push_back(static_cast<char>(klen >> 8));
+  if (f.key) out.append(*f.key);
+  out.append(f.envelope);
+}
+
+bool parse_record(std::string_view r, record_fields& f) noexcept {
+  if (r.size() < record_fixed || static_cast<std::uint8_t>(r[0]) != record_message) return false;
+  f.enqueued_us = get_u64(r.data() + 1);
+  f.not_before_us = get_u64(r.data() + 9);
+  f.expires_us = get_u64(r.data() + 17);
+  std::memcpy(f.id.bytes.data(), r.data() + 25, 16);
+  const std::uint16_t klen = static_cast<std::uint16_t>(
+      static_cast<unsigned char>(r[41]) | static_cast<unsigned char>(r[42]) << 8);
+  std::size_t at = record_fixed;
+  if (klen == no_key) {
+    f.key.reset();
+  } else {
+    if (r.size() - at < klen) return false;
+    f.key = r.substr(at, klen);
+    at += klen;
+  }
+  f.envelope = r.substr(at);
+  return true;
+}
+
+// The attempt record (attempts spool): message position, failed deliveries
+// so far, when it may be delivered again, and the last error.
+void build_attempt(std::string& out, position msg, std::uint32_t attempts,
+                   std::uint64_t not_before_us, std::string_view last_error) {
+  out.clear();
+  put_u64(out, msg.to_u64());
+  put_u32(out, attempts);
+  put_u64(out, not_before_us);
+  out.append(last_error.substr(0, max_reason));
+}
+
+struct id_hash {
+  std::size_t operator()(const message_id& id) const noexcept {
+    std::uint64_t a = 0, b = 0;
+    std::memcpy(&a, id.bytes.data(), 8);
+    std::memcpy(&b, id.bytes.data() + 8, 8);
+    return static_cast<std::size_t>(a * 0x9E3779B97F4A7C15ull ^ b);
+  }
+};
+
+std::string json_escape(std::string_view s) {
+  std::string out;
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+      out += buf;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+  return out.empty() ? "-" : out;
+}
+
+}  // namespace
+
+queue_config default_queue_config() {
+  queue_config c;
+  c.clients = "@tcp://127.0.0.1:5590";
+  c.plain_in = "@tcp://127.0.0.1:5591";
+  c.plain_out = "@tcp://127.0.0.1:5592";
+  c.control = "@tcp://127.0.0.1:5593";
+  return c;
+}
+
+struct queue_device::impl {
+  // ---- in-memory state of one message (docs/queue-device.md, "Memory") ----
+  struct entry {
+    position pos;
+    std::string record;  // the spool record; empty while waiting on a timer
+    std::uint32_t attempts = 0;
+    std::uint64_t not_before_us = 0, expires_us = 0;
+    std::optional<std::string> key;
+    std::string last_error;
+  };
+
+  struct key_state {
+    std::optional<std::uint64_t> holder;  // position owning the key (in flight or on a timer)
+    std::deque<entry> waiting;
+  };
+
+  struct attempt_info {
+    position record;  // latest attempt record
+    std::uint32_t attempts = 0;
+    std::uint64_t not_before_us = 0;
+    std::string last_error;
+  };
+
+  struct queue;
+  struct consumer_state {
+    std::string id;  // routing id
+    std::vector<queue*> queues;
+    std::uint32_t prefetch = 1;
+    std::uint32_t in_flight = 0;
+    milliseconds heartbeat{500};
+    steady::time_point last_seen;
+    steady::time_point last_beat_sent;
+  };
+
+  struct queue {
+    std::string name;
+    bool is_dlq = false;
+    queue* dlq = nullptr;     // for a source queue
+    queue* source = nullptr;  // for a dead-letter queue
+    std::optional<spool> messages;
+    std::optional<spool> attempts;
+    std::optional<cursor> tail;
+    std::deque<entry> ready;
+    std::multimap<std::uint64_t, entry> timers;  // by not_before_us; records dropped
+    std::unordered_map<std::string, key_state> keys;
+    std::unordered_map<std::uint64_t, attempt_info> attempt_log;  // by message position
+    std::unordered_set<std::uint64_t> busy;  // positions in flight or being moved
+    std::size_t buffered = 0, buffered_bytes = 0;
+    std::vector<std::string> consumers;  // routing ids, round-robin
+    std::size_t next_consumer = 0;
+    queue_stats st;
+    std::vector<std::uint32_t> fsync_samples;  // ring of append-to-durable times, us
+    std::size_t fsync_next = 0;
+  };
+
+  struct flight {
+    queue* q;
+    entry e;
+    std::string consumer;  // empty: the plain PUSH endpoint (already acked)
+    steady::time_point deadline;
+  };
+
+  enum class ticket_kind : std::uint8_t { publish, plain, attempt, dead_letter, redrive };
+  struct ticket {
+    ticket_kind kind;
+    queue* q;
+    std::string peer;  // publish: the producer's routing id
+    std::uint64_t seq = 0;
+    message_id id;
+    position source;  // attempt: its message; dead_letter/redrive: the record moved
+    std::optional<std::string> key;
+    std::uint32_t attempts = 0;
+    steady::time_point appended;
+  };
+  struct completion {
+    std::uint64_t ticket;
+    append_outcome outcome;
+  };
+
+  impl(context& ctx, queue_config c) : config(std::move(c)), log("postbox-queue", config.log) {
+    validate();
+    fs::create_directories(config.data_dir);
+    tag_base = std::random_device{}() | std::uint64_t{std::random_device{}()} << 31;
+    next_tag = tag_base;
+    wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake < 0) throw transport_error("postbox-queue: eventfd failed");
+    open_existing_queues();
+    socket_options o;
+    o.send_hwm = config.hwm;
+    o.receive_hwm = config.hwm;
+    o.max_message_size = config.max_message_size;
+    clients.emplace(ctx, zmq::socket_type::router, config.clients, endpoint_mode::bind, o, false);
+    clients->socket.set(zmq::sockopt::router_mandatory, 1);
+    if (!config.plain_in.empty()) {
+      plain_in.emplace(ctx, zmq::socket_type::pull, config.plain_in, endpoint_mode::bind, o, false);
+    }
+    if (!config.plain_out.empty()) {
+      plain_out.emplace(ctx, zmq::socket_type::push, config.plain_out, endpoint_mode::bind, o, true);
+      plain_queue = open_queue(config.plain_queue);
+    }
+    if (!config.control.empty()) {
+      socket_options co = o;
+      co.max_message_size = 1024;
+      control.emplace(ctx, zmq::socket_type::router, config.control, endpoint_mode::bind, co, false);
+    }
+  }
+
+  ~impl() {
+    // The spools sync what is queued as they close, and their callbacks
+    // still reach `completions` and `wake`: close them first.
+    queues.clear();
+    if (wake >= 0) ::close(wake);
+  }
+
+  void validate() const {
+    auto bad = [](const std::string& s) { throw config_error(s); };
+    if (config.clients.empty()) bad("the clients endpoint cannot be empty");
+    if (auto why = wire::invalid_queue_name(config.plain_queue)) {
+      bad("plain queue \"" + config.plain_queue + "\": " + *why);
+    }
+    if (config.max_attempts == 0) bad("max attempts must be at least 1");
+    if (config.visibility_timeout.count() <= 0) bad("the visibility timeout must be positive");
+    if (config.retry_initial.count() <= 0 || config.retry_max < config.retry_initial) {
+      bad("retry backoff: initial must be positive and at most max");
+    }
+    if (config.heartbeat_liveness == 0) bad("heartbeat liveness must be at least 1");
+    if (config.dedup_window.count() < 0) bad("the de-duplication window cannot be negative");
+    if (config.buffer_messages == 0 || config.buffer_bytes == 0) bad("buffers must be positive");
+    if (config.max_queues == 0) bad("max queues must be at least 1");
+    if (config.max_message_size < 64) bad("max message size must be at least 64 bytes");
+  }
+
+  // ------------------------------------------------------------ opening queues
+
+  spool_options spool_opts(bool for_messages) const {
+    spool_options so;
+    so.segment_size = config.segment_size;
+    so.fsync = config.fsync;
+    so.fsync_interval = config.fsync_interval;
+    // Done segments stay for the de-duplication window, so that a restart
+    // can rebuild the window from them (docs/queue-device.md, "De-duplication").
+    if (for_messages) so.retention_time = config.dedup_window;
+    return so;
+  }
+
+  void open_existing_queues() {
+    std::error_code ec;
+    std::vector<std::string> names;
+    for (const auto& d : fs::directory_iterator(config.data_dir, ec)) {
+      const std::string name = d.path().filename().string();
+      if (d.is_directory() && !wire::invalid_queue_name(name)) names.push_back(name);
+    }
+    if (ec) throw spool_error("cannot read " + config.data_dir.string() + ": " + ec.message());
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) open_queue(n);
+  }
+
+  // The queue named `name` (and its dead-letter queue), opened and recovered
+  // on first use. Null when the device holds max_queues already.
+  queue* open_queue(const std::string& name) {
+    if (auto it = queues.find(name); it != queues.end()) return it->second.get();
+    const bool is_dlq = name.size() > dlq_suffix.size() && name.ends_with(dlq_suffix);
+    const std::string source_name = is_dlq ? name.substr(0, name.size() - dlq_suffix.size()) : name;
+    if (is_dlq) return open_queue(source_name)->dlq;
+    if (queues.size() + 2 > config.max_queues * 2) return nullptr;
+    queue* src = recover(source_name, false);
+    queue* dead = recover(source_name + std::string(dlq_suffix), true);
+    src->dlq = dead;
+    dead->source = src;
+    return src;
+  }
+
+  queue* recover(const std::string& name, bool is_dlq) {
+    auto q = std::make_unique<queue>();
+    q->name = name;
+    q->is_dlq = is_dlq;
+    q->st.name = name;
+    const fs::path dir = config.data_dir / name;
+    q->messages.emplace(dir / "messages", spool_opts(true));
+    q->attempts.emplace(dir / "attempts", spool_opts(false));
+    report_recovery(*q, q->messages->recovery(), "messages");
+    report_recovery(*q, q->attempts->recovery(), "attempts");
+    load_attempts(*q);
+    if (!is_dlq && config.dedup_window.count() > 0) load_dedup(*q);
+    q->tail.emplace(q->messages->read_from({}, true));
+    const auto pending = q->messages->stats().pending;
+    if (pending > 0) {
+      log.info("queue " + name + ": recovered " + std::to_string(pending) + " pending message(s)");
+    }
+    queue* raw = q.get();
+    queues.emplace(name, std::move(q));
+    return raw;
+  }
+
+  void report_recovery(queue& q, const recovery_report& r, const char* what) {
+    for (const auto& c : r.corrupt) {
+      log.warn("queue " + q.name + " " + what + ": corrupt record at " + c.where.to_string() +
+               " (" + std::to_string(c.size) + " bytes, " + name(c.reason) + ") skipped");
+    }
+    if (r.truncated_bytes > 0) {
+      log.info("queue " + q.name + " " + what + ": cut a torn tail of " +
+               std::to_string(r.truncated_bytes) + " bytes (never confirmed)");
+    }
+  }
+
+  // Rebuilds attempt counts: the latest attempt record per pending message.
+  void load_attempts(queue& q) {
+    cursor c = q.attempts->read_from({}, true);
+    spool_record r;
+    while (true) {
+      const auto s = c.next(r);
+      if (s == read_status::end) break;
+      if (s == read_status::corrupt || r.data.size() < 20) continue;
+      const position msg = position::from_u64(get_u64(r.data.data()));
+      if (q.messages->is_done(msg) || !msg_pending(q, msg)) {
+        (void)q.attempts->mark_done(r.pos);
+        continue;
+      }
+      attempt_info info{r.pos, get_u32(r.data.data() + 8), get_u64(r.data.data() + 12),
+                        r.data.substr(20)};
+      auto [it, fresh] = q.attempt_log.try_emplace(msg.to_u64(), info);
+      if (!fresh) {
+        (void)q.attempts->mark_done(it->second.record);
+        it->second = std::move(info);
+      }
+    }
+  }
+
+  // Whether `p` is a record of the messages spool that is not done.
+  static bool msg_pending(queue& q, position p) {
+    cursor c = q.messages->read_from(p, true);
+    spool_record r;
+    return c.next(r) == read_status::ok && r.pos == p;
+  }
+
+  // Rebuilds the de-duplication window from records still on disk.
+  void load_dedup(queue& q) {
+    const std::uint64_t horizon = now_us() - static_cast<std::uint64_t>(config.dedup_window.count()) * 1000;
+    cursor c = q.messages->read_from({}, false);
+    spool_record r;
+    record_fields f;
+    while (true) {
+      const auto s = c.next(r);
+      if (s == read_status::end) break;
+      if (s != read_status::ok || !parse_record(r.data, f) || f.enqueued_us < horizon) continue;
+      remember(f.id, f.enqueued_us / 1000, true);
+    }
+  }
+
+  // ------------------------------------------------------------ de-duplication
+
+  struct dedup_entry {
+    std::uint64_t expires_ms;
+    bool durable;
+  };
+
+  void remember(const message_id& id, std::uint64_t at_ms, bool durable) {
+    if (config.dedup_window.count() == 0) return;
+    const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
+    auto [it, fresh] = dedup.try_emplace(id, dedup_entry{expires, durable});
+    if (!fresh) return;
+    dedup_order.emplace_back(expires, id);
+    while (dedup.size() > config.dedup_max_ids) {
+      dedup.erase(dedup_order.front().second);
+      dedup_order.pop_front();
+      ++dedup_evicted;
+    }
+  }
+
+  void expire_dedup(std::uint64_t now_ms) {
+    while (!dedup_order.empty() && dedup_order.front().first <= now_ms) {
+      auto it = dedup.find(dedup_order.front().second);
+      if (it != dedup.end() && it->second.expires_ms <= now_ms) dedup.erase(it);
+      dedup_order.pop_front();
+    }
+  }
+
+  // ------------------------------------------------------------ spool completions
+
+  std::uint64_t new_ticket(ticket t) {
+    const std::uint64_t n = ++last_ticket;
+    tickets.emplace(n, std::move(t));
+    return n;
+  }
+
+  append_callback callback_for(std::uint64_t ticket_no) {
+    return [this, ticket_no](const append_outcome& o) {
+      bool was_empty = false;
+      {
+        std::lock_guard lk(completions_mu);
+        was_empty = completions.empty();
+        completions.push_back({ticket_no, o});
+      }
+      if (was_empty) {
+        const std::uint64_t one = 1;
+        (void)!::write(wake, &one, sizeof one);
+      }
+    };
+  }
+
+  // Appends `rec` to `sp` for `t`; false (ticket dropped) when the spool refused it at once.
+  bool append(spool& sp, std::string_view rec, ticket t, std::string* why) {
+    t.appended = steady::now();
+    const std::uint64_t n = new_ticket(std::move(t));
+    const auto status = sp.append(rec, callback_for(n));
+    if (status == append_status::queued) return true;
+    tickets.erase(n);
+    if (why != nullptr) {
+      *why = status == append_status::too_large
+                 ? "message too large for the spool"
+                 : "spool failed: " + sp.fault().message();
+    }
+    return false;
+  }
+
+  // `signalled`: the eventfd woke the loop. It is cleared before the swap,
+  // so a callback that comes after the swap always wakes the loop again.
+  void drain_completions(bool signalled) {
+    if (signalled) {
+      std::uint64_t ignored = 0;
+      (void)!::read(wake, &ignored, sizeof ignored);
+    }
+    {
+      std::lock_guard lk(completions_mu);
+      completions_batch.swap(completions);
+    }
+    if (completions_batch.empty()) return;
+    for (const auto& c : completions_batch) {
+      auto it = tickets.find(c.ticket);
+      if (it == tickets.end()) continue;
+      ticket t = std::move(it->second);
+      tickets.erase(it);
+      complete(t, c.outcome);
+    }
+    completions_batch.clear();
+    send_confirms();
+  }
+
+  void sample_fsync(queue& q, steady::time_point appended) {
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - appended);
+    constexpr std::size_t ring = 4096;
+    const auto v = static_cast<std::uint32_t>(std::min<long long>(us.count(), 0xFFFF'FFFF));
+    if (q.fsync_samples.size() < ring) {
+      q.fsync_samples.push_back(v);
+    } else {
+      q.fsync_samples[q.fsync_next++ % ring] = v;
+    }
+  }
+
+  void complete(ticket& t, const append_outcome& o) {
+    queue& q = *t.q;
+    switch (t.kind) {
+      case ticket_kind::publish:
+      case ticket_kind::plain:
+        if (!o.error) {
+          ++q.st.enqueued;
+          sample_fsync(q, t.appended);
+          if (auto d = dedup.find(t.id); d != dedup.end()) d->second.durable = true;
+          if (t.kind == ticket_kind::publish) confirms[t.peer].push_back(t.seq);
+        } else {
+          dedup.erase(t.id);
+          ++q.st.refused;
+          log.fault("append", "queue " + q.name + ": append failed: " + o.error.message());
+          if (t.kind == ticket_kind::publish) {
+            refuse(t.peer, t.seq, "spool: " + o.error.message());
+          }
+        }
+        break;
+      case ticket_kind::attempt: {
+        if (o.error) break;  // the count in memory stands; a restart may count one less
+        const std::uint64_t msg = t.source.to_u64();
+        if (q.messages->is_done(t.source)) {
+          (void)q.attempts->mark_done(o.pos);
+          break;
+        }
+        auto& info = q.attempt_log[msg];
+        if (info.attempts > t.attempts) {  // an older write finishing late
+          (void)q.attempts->mark_done(o.pos);
+          break;
+        }
+        if (info.record.segment != 0) (void)q.attempts->mark_done(info.record);
+        info.record = o.pos;
+        info.attempts = t.attempts;
+        break;
+      }
+      case ticket_kind::dead_letter:
+        q.busy.erase(t.source.to_u64());
+        if (o.error) {
+          log.fault("dead-letter", "queue " + q.name + ": moving to " + q.dlq->name +
+                                       " failed (" + o.error.message() + "); will try again");
+          entry e;
+          e.pos = t.source;
+          e.key = t.key;
+          e.attempts = t.attempts;
+          e.not_before_us = now_us() + 1'000'000;
+          q.timers.emplace(e.not_before_us, std::move(e));
+          break;
+        }
+        ++q.st.dead_lettered;
+        finish_message(q, t.source, t.key);
+        break;
+      case ticket_kind::redrive:
+        q.busy.erase(t.source.to_u64());  // q is the dead-letter queue
+        if (!o.error) finish_message(q, t.source, t.key);
+        break;
+    }
+  }
+
+  // ------------------------------------------------------------ producers
+
+  void refuse(const std::string& peer, std::uint64_t seq, std::string_view reason) {
+    out.start(wire::cmd_refuse, 2).uint(seq).str(reason.substr(0, max_reason));
+    send_to(peer, out.view());
+  }
+
+  void send_confirms() {
+    for (auto it = confirms.begin(); it != confirms.end();) {
+      auto& seqs = it->second;
+      if (seqs.empty()) {
+        it = confirms.erase(it);  // a producer gone quiet leaves no trace
+        continue;
+      }
+      out.start(wire::cmd_confirm, 1).array(static_cast<std::uint32_t>(seqs.size()));
+      for (const auto s : seqs) out.uint(s);
+      send_to(it->first, out.view());
+      seqs.clear();
+      ++it;
+    }
+  }
+
+  // Sends [peer][bytes] on the clients socket without waiting; false when the
+  // peer is gone or its queue is full (the caller decides what that means).
+  bool send_to(const std::string& peer, std::string_view bytes) {
+    void* s = clients->socket.handle();
+    if (zmq_send(s, peer.data(), peer.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return false;
+    return zmq_send(s, bytes.data(), bytes.size(), ZMQ_DONTWAIT) >= 0;
+  }
+
+  void reject(std::string_view why) {
+    ++dstats.rejected;
+    log.fault(std::string("reject ") + std::string(why), "refused a frame: " + std::string(why));
+  }
+
+  // ["pub", seq, queue, delay_ms, ttl_ms, envelope]
+  void on_publish(const std::string& peer, wire::reader& in) {
+    std::uint64_t seq = 0, delay = 0, ttl = 0;
+    std::string_view qname, envelope;
+    if (!in.uint(seq) || !in.bytes(qname, 128) || !in.uint(delay) || !in.uint(ttl) ||
+        !in.bytes(envelope, static_cast<std::size_t>(config.max_message_size)) || !in.at_end()) {
+      return reject("malformed pub");
+    }
+    if (auto why = wire::invalid_queue_name(qname)) {
+      ++dstats.producers_refused;
+      return refuse(peer, seq, "bad queue name: " + *why);
+    }
+    if (qname.ends_with(dlq_suffix)) {
+      ++dstats.producers_refused;
+      return refuse(peer, seq, "queues ending in .dlq are dead-letter queues; publish to the source");
+    }
+    enqueue(peer, seq, std::string(qname), delay, ttl, envelope, ticket_kind::publish);
+  }
+
+  void enqueue(const std::string& peer, std::uint64_t seq, const std::string& qname,
+               std::uint64_t delay_ms, std::uint64_t ttl_ms, std::string_view envelope,
+               ticket_kind kind) {
+    zmq::message_t frame(envelope.data(), envelope.size());
+    if (const auto r = decode(&frame, 1, scratch)) {
+      ++dstats.rejected;
+      log.fault("bad envelope", "refused a message: " + std::string(to_string(*r)));
+      if (kind == ticket_kind::publish) refuse(peer, seq, "bad envelope: " + std::string(to_string(*r)));
+      return;
+    }
+    if (scratch.id().is_nil()) {
+      ++dstats.rejected;
+      if (kind == ticket_kind::publish) refuse(peer, seq, "the message has no id");
+      return;
+    }
+    queue* q = open_or_refuse(qname);
+    if (q == nullptr) {
+      ++dstats.producers_refused;
+      if (kind == ticket_kind::publish) refuse(peer, seq, "too many queues on this device");
+      log.fault("max-queues", "refused queue " + qname + ": max_queues reached");
+      return;
+    }
+    if (auto d = dedup.find(scratch.id()); d != dedup.end()) {
+      ++q->st.duplicates;
+      // Durable: confirm again. Not yet: the first copy's confirm will come.
+      if (d->second.durable && kind == ticket_kind::publish) confirms[peer].push_back(seq);
+      return;
+    }
+    const std::uint64_t now = now_us();
+    record_fields f;
+    f.enqueued_us = now;
+    f.not_before_us = delay_ms > 0 ? now + delay_ms * 1000 : 0;
+    f.expires_us = ttl_ms > 0 ? now + ttl_ms * 1000 : 0;
+    f.id = scratch.id();
+    f.key = scratch.key();
+    f.envelope = envelope;
+    build_record(record_buf, f);
+    std::string why;
+    ticket t{kind, q, peer, seq, f.id, {}, {}, 0, {}};
+    if (!append(*q->messages, record_buf, std::move(t), &why)) {
+      ++q->st.refused;
+      if (kind == ticket_kind::publish) refuse(peer, seq, why);
+      log.fault("append", "queue " + q->name + ": " + why);
+      return;
+    }
+    remember(f.id, now / 1000, false);
+  }
+
+  queue* open_or_refuse(const std::string& name) {
+    try {
+      return open_queue(name);
+    } catch (const std::exception& e) {
+      log.fault("open " + name, "cannot open queue " + name + ": " + e.what());
+      return nullptr;
+    }
+  }
+
+  // ------------------------------------------------------------ consumers
+
+  // ["take", [queue...], prefetch, heartbeat_ms]
+  void on_take(const std::string& peer, wire::reader& in) {
+    std::uint32_t n = 0;
+    if (!in.array(n) || n == 0 || n > 64) return reject("malformed take");
+    std::vector<std::string_view> names(n);
+    for (auto& name : names) {
+      if (!in.bytes(name, 128)) return reject("malformed take");
+    }
+    std::uint64_t prefetch = 0, hb = 0;
+    if (!in.uint(prefetch) || !in.uint(hb) || !in.at_end() || prefetch == 0 ||
+        prefetch > 1'000'000 || hb < 10 || hb > 600'000) {
+      return reject("malformed take");
+    }
+    auto [it, fresh] = consumers.try_emplace(peer);
+    consumer_state& c = it->second;
+    c.last_seen = steady::now();
+    c.prefetch = static_cast<std::uint32_t>(prefetch);
+    c.heartbeat = milliseconds(hb);
+    if (!fresh) return;  // a heartbeat
+    c.id = peer;
+    c.last_beat_sent = c.last_seen;
+    for (const auto name : names) {
+      if (wire::invalid_queue_name(name)) continue;
+      queue* q = open_or_refuse(std::string(name));
+      if (q == nullptr) continue;
+      if (name.ends_with(dlq_suffix)) q = q->dlq;
+      if (std::find(c.queues.begin(), c.queues.end(), q) != c.queues.end()) continue;
+      c.queues.push_back(q);
+      q->consumers.push_back(peer);
+    }
+    if (c.queues.empty()) {
+      consumers.erase(it);
+      return reject("take names no usable queue");
+    }
+    ++dstats.consumers;
+    log.debug("consumer joined (" + std::to_string(c.queues.size()) + " queue(s), prefetch " +
+              std::to_string(prefetch) + ")");
+  }
+
+  flight* find_flight(const std::string& peer, std::uint64_t tag) {
+    auto it = in_flight.find(tag);
+    if (it == in_flight.end() || it->second.consumer != peer) {
+      if (tag >= tag_base && tag < next_tag) {
+        ++dstats.stale_acks;  // redelivered elsewhere since, or acked twice
+      } else {
+        ++dstats.unknown_acks;
+        log.fault("unknown tag", "refused an ack or nack for a delivery never made");
+      }
+      return nullptr;
+    }
+    return &it->second;
+  }
+
+  flight take_flight(std::uint64_t tag) {
+    auto it = in_flight.find(tag);
+    flight f = std::move(it->second);
+    in_flight.erase(it);
+    f.q->busy.erase(f.e.pos.to_u64());
+    if (!f.consumer.empty()) {
+      if (auto c = consumers.find(f.consumer); c != consumers.end() && c->second.in_flight > 0) {
+        --c->second.in_flight;
+      }
+    }
+    return f;
+  }
+
+  // ["ack", [tag...]]
+  void on_ack(const std::string& peer, wire::reader& in) {
+    std::uint32_t n = 0;
+    if (!in.array(n)) return reject("malformed ack");
+    for (std::uint32_t i = 0; i < n; ++i) {
+      std::uint64_t tag = 0;
+      if (!in.uint(tag)) return reject("malformed ack");
+      if (find_flight(peer, tag) == nullptr) continue;
+      flight f = take_flight(tag);
+      ++f.q->st.acked;
+      finish_message(*f.q, f.e.pos, f.e.key);
+    }
+    touch(peer);
+  }
+
+  // ["nack", tag, delay_ms, reason] / ["rej", tag, reason]
+  void on_nack(const std::string& peer, wire::reader& in, bool dead) {
+    std::uint64_t tag = 0, delay = 0;
+    std::string_view reason;
+    if (!in.uint(tag) || (!dead && !in.uint(delay)) || !in.bytes(reason, max_reason) ||
+        !in.at_end()) {
+      return reject(dead ? "malformed rej" : "malformed nack");
+    }
+    touch(peer);
+    if (find_flight(peer, tag) == nullptr) return;
+    flight f = take_flight(tag);
+    ++f.q->st.nacked;
+    f.e.last_error.assign(reason);
+    if (dead) {
+      dead_letter(*f.q, std::move(f.e), "rejected");
+    } else {
+      failed(*f.q, std::move(f.e), milliseconds(std::min<std::uint64_t>(delay, 86'400'000)), true);
+    }
+  }
+
+  void touch(const std::string& peer) {
+    if (auto c = consumers.find(peer); c != consumers.end()) c->second.last_seen = steady::now();
+  }
+
+  // A consumer left (bye) or went silent: its deliveries go to others now.
+  void lose_consumer(const std::string& peer, bool counted) {
+    auto it = consumers.find(peer);
+    if (it == consumers.end()) return;
+    for (queue* q : it->second.queues) {
+      auto& v = q->consumers;
+      v.erase(std::remove(v.begin(), v.end(), peer), v.end());
+    }
+    consumers.erase(it);
+    std::vector<std::uint64_t> tags;
+    for (const auto& [tag, f] : in_flight)
+      if (f.consumer == peer) tags.push_back(tag);
+    std::sort(tags.begin(), tags.end());
+    for (const auto tag : tags) {
+      flight f = take_flight(tag);
+      if (counted) {
+        ++f.q->st.consumer_losses;
+        f.e.last_error = "consumer lost";
+        failed(*f.q, std::move(f.e), milliseconds(0), false);
+      } else {
+        requeue_front(*f.q, std::move(f.e));
+      }
+    }
+    if (counted) log.info("a consumer stopped heartbeating; " + std::to_string(tags.size()) +
+                          " delivery(ies) given to others");
+  }
+
+  // ------------------------------------------------------------ message lifecycle
+
+  std::uint64_t backoff_us(std::uint32_t failures) {
+    double ms = static_cast<double>(config.retry_initial.count());
+    for (std::uint32_t i = 1; i < failures && ms < static_cast<double>(config.retry_max.count()); ++i) {
+      ms *= 2;
+    }
+    ms = std::min(ms, static_cast<double>(config.retry_max.count()));
+    std::uniform_real_distribution<double> jitter(0.8, 1.2);
+    return static_cast<std::uint64_t>(ms * jitter(rng) * 1000);
+  }
+
+  // A delivery failed (nack, timeout, lost consumer): count it, log it on
+  // disk, and retry after the backoff (or at once), or dead-letter it.
+  void failed(queue& q, entry e, milliseconds at_least, bool backoff) {
+    ++e.attempts;
+    if (!q.is_dlq && e.attempts >= config.max_attempts) {
+      return dead_letter(q, std::move(e), "max_attempts");
+    }
+    ++q.st.redeliveries;
+    const std::uint64_t now = now_us();
+    std::uint64_t wait = backoff ? backoff_us(e.attempts) : 0;
+    wait = std::max<std::uint64_t>(wait, static_cast<std::uint64_t>(at_least.count()) * 1000);
+    e.not_before_us = wait > 0 ? now + wait : 0;
+    build_attempt(attempt_buf, e.pos, e.attempts, e.not_before_us, e.last_error);
+    ticket t{ticket_kind::attempt, &q, {}, 0, {}, e.pos, {}, e.attempts, {}};
+    (void)append(*q.attempts, attempt_buf, std::move(t), nullptr);
+    if (e.not_before_us == 0) return requeue_front(q, std::move(e));
+    e.record.clear();
+    e.record.shrink_to_fit();
+    q.timers.emplace(e.not_before_us, std::move(e));
+  }
+
+  void requeue_front(queue& q, entry e) {
+    q.buffered_bytes += e.record.size();
+    ++q.buffered;
+    q.ready.push_front(std::move(e));
+  }
+
+  void dead_letter(queue& q, entry e, std::string_view reason) {
+    if (q.is_dlq) {  // nowhere further to go: keep retrying with backoff
+      e.not_before_us = now_us() + backoff_us(std::max<std::uint32_t>(e.attempts, 1));
+      e.record.clear();
+      q.timers.emplace(e.not_before_us, std::move(e));
+      return;
+    }
+    record_fields f;
+    if (e.record.empty() || !parse_record(e.record, f)) {
+      log.warn("queue " + q.name + ": cannot dead-letter " + e.pos.to_string() + ": record unreadable");
+      return finish_message(q, e.pos, e.key);
+    }
+    zmq::message_t frame(f.envelope.data(), f.envelope.size());
+    message m;
+    if (decode(&frame, 1, m)) {
+      log.warn("queue " + q.name + ": record " + e.pos.to_string() + " holds a bad envelope; dropped");
+      return finish_message(q, e.pos, e.key);
+    }
+    m.add_header("x-dead-letter-reason", std::string(reason));
+    m.add_header("x-attempts", std::to_string(e.attempts));
+    if (!e.last_error.empty()) m.add_header("x-last-error", e.last_error);
+    m.add_header("x-source-queue", q.name);
+    std::string envelope;
+    wire::encode_envelope(m, {}, envelope);
+    record_fields d;
+    d.enqueued_us = now_us();
+    d.id = f.id;
+    d.key = f.key;
+    d.envelope = envelope;
+    build_record(dead_buf, d);
+    q.busy.insert(e.pos.to_u64());
+    ticket t{ticket_kind::dead_letter, &q, {}, 0, f.id, e.pos, e.key, e.attempts, {}};
+    std::string why;
+    if (!append(*q.dlq->messages, dead_buf, std::move(t), &why)) {
+      q.busy.erase(e.pos.to_u64());
+      log.fault("dead-letter", "queue " + q.name + ": cannot dead-letter: " + why);
+      e.record.clear();
+      e.not_before_us = now_us() + 1'000'000;
+      q.timers.emplace(e.not_before_us, std::move(e));
+      return;
+    }
+    if (reason == "expired") ++q.st.expired;
+  }
+
+  // The message at `pos` is done (acked, dead-lettered, redriven): mark it,
+  // drop its attempt log, and let its key move on.
+  void finish_message(queue& q, position pos, const std::optional<std::string>& key) {
+    (void)q.messages->mark_done(pos);
+    if (auto a = q.attempt_log.find(pos.to_u64()); a != q.attempt_log.end()) {
+      (void)q.attempts->mark_done(a->second.record);
+      q.attempt_log.erase(a);
+    }
+    if (!key) return;
+    auto k = q.keys.find(*key);
+    if (k == q.keys.end() || k->second.holder != pos.to_u64()) return;
+    k->second.holder.reset();
+    promote(q, k);
+  }
+
+  // Gives a free key to the first message waiting for it.
+  void promote(queue& q, std::unordered_map<std::string, key_state>::iterator k) {
+    if (k->second.waiting.empty()) {
+      q.keys.erase(k);
+      return;
+    }
+    entry e = std::move(k->second.waiting.front());
+    k->second.waiting.pop_front();
+    --q.buffered;
+    q.buffered_bytes -= e.record.size();
+    k->second.holder = e.pos.to_u64();
+    route(q, std::move(e));
+  }
+
+  // A message whose key (if any) it holds: ready now, or on a timer.
+  void route(queue& q, entry e) {
+    if (e.not_before_us > now_us()) {
+      e.record.clear();
+      e.record.shrink_to_fit();
+      q.timers.emplace(e.not_before_us, std::move(e));
+      return;
+    }
+    q.buffered_bytes += e.record.size();
+    ++q.buffered;
+    q.ready.push_back(std::move(e));
+  }
+
+  // A message read from the spool's tail.
+  void admit(queue& q, entry e) {
+    if (e.key) {
+      auto [k, fresh] = q.keys.try_emplace(*e.key);
+      (void)fresh;
+      if (k->second.holder || !k->second.waiting.empty()) {
+        ++q.buffered;
+        q.buffered_bytes += e.record.size();
+        k->second.waiting.push_back(std::move(e));
+        return;
+      }
+      k->second.holder = e.pos.to_u64();
+    }
+    route(q, std::move(e));
+  }
+
+  // Reads the backlog from disk while the buffer has room.
+  void refill(queue& q) {
+    record_fields f;
+    while (q.buffered < config.buffer_messages && q.buffered_bytes < config.buffer_bytes) {
+      const auto s = q.tail->next(read_buf);
+      if (s == read_status::end) return;
+      if (s == read_status::corrupt || !parse_record(read_buf.data, f)) {
+        log.fault("corrupt " + q.name, "queue " + q.name + ": unreadable record at " +
+                                           read_buf.pos.to_string() + " skipped");
+        continue;
+      }
+      if (q.busy.count(read_buf.pos.to_u64()) > 0) continue;
+      entry e;
+      e.pos = read_buf.pos;
+      e.not_before_us = f.not_before_us;
+      e.expires_us = f.expires_us;
+      if (f.key) e.key.emplace(*f.key);
+      if (auto a = q.attempt_log.find(e.pos.to_u64()); a != q.attempt_log.end()) {
+        e.attempts = a->second.attempts;
+        e.not_before_us = std::max(e.not_before_us, a->second.not_before_us);
+        e.last_error = a->second.last_error;
+      }
+      e.record = std::move(read_buf.data);
+      admit(q, std::move(e));
+    }
+  }
+
+  // Reads a timer's record back from disk. False: it is gone or done.
+  bool reread(queue& q, entry& e) {
+    if (q.messages->is_done(e.pos)) return false;
+    cursor c = q.messages->read_from(e.pos, true);
+    spool_record r;
+    if (c.next(r) != read_status::ok || r.pos != e.pos) {
+      log.warn("queue " + q.name + ": record " + e.pos.to_string() + " unreadable; dropped");
+      return false;
+    }
+    e.record = std::move(r.data);
+    return true;
+  }
+
+  void fire_timers(queue& q, std::uint64_t now) {
+    while (!q.timers.empty() && q.timers.begin()->first <= now) {
+      entry e = std::move(q.timers.begin()->second);
+      q.timers.erase(q.timers.begin());
+      if (!reread(q, e)) {
+        finish_message(q, e.pos, e.key);
+        continue;
+      }
+      e.not_before_us = 0;
+      requeue_front(q, std::move(e));
+    }
+  }
+
+  // Hands ready messages to consumers with credit, round-robin.
+  void dispatch(queue& q) {
+    while (!q.ready.empty()) {
+      entry& head = q.ready.front();
+      if (q.messages->is_done(head.pos)) {  // redriven away while it waited
+        entry e = pop_ready(q);
+        finish_message(q, e.pos, e.key);
+        continue;
+      }
+      if (head.expires_us != 0 && now_us() > head.expires_us) {
+        entry e = pop_ready(q);
+        dead_letter(q, std::move(e), "expired");
+        continue;
+      }
+      consumer_state* c = next_consumer(q);
+      if (c == nullptr) {
+        if (&q == plain_queue && plain_out && deliver_plain(q)) continue;
+        return;
+      }
+      if (!deliver(q, *c)) return;
+    }
+  }
+
+  entry pop_ready(queue& q) {
+    entry e = std::move(q.ready.front());
+    q.ready.pop_front();
+    --q.buffered;
+    q.buffered_bytes -= e.record.size();
+    return e;
+  }
+
+  consumer_state* next_consumer(queue& q) {
+    const std::size_t n = q.consumers.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::string& id = q.consumers[(q.next_consumer + i) % n];
+      auto it = consumers.find(id);
+      if (it != consumers.end() && it->second.in_flight < it->second.prefetch) {
+        q.next_consumer = (q.next_consumer + i + 1) % n;
+        return &it->second;
+      }
+    }
+    return nullptr;
+  }
+
+  bool deliver(queue& q, consumer_state& c) {
+    entry& head = q.ready.front();
+    record_fields f;
+    if (!parse_record(head.record, f)) {
+      entry e = pop_ready(q);
+      log.warn("queue " + q.name + ": record " + e.pos.to_string() + " unreadable; dropped");
+      finish_message(q, e.pos, e.key);
+      return true;
+    }
+    const std::uint64_t tag = next_tag++;
+    out.start(wire::cmd_deliver, 4).uint(tag).str(q.name).uint(head.attempts).bin(f.envelope);
+    if (!send_to(c.id, out.view())) {
+      if (errno == EHOSTUNREACH) {
+        lose_consumer(std::string(c.id), true);
+        return true;
+      }
+      return false;  // its queue is full: try again later
+    }
+    entry e = pop_ready(q);
+    ++q.st.delivered;
+    ++c.in_flight;
+    c.last_beat_sent = steady::now();
+    q.busy.insert(e.pos.to_u64());
+    in_flight.emplace(tag, flight{&q, std::move(e), c.id, steady::now() + config.visibility_timeout});
+    return true;
+  }
+
+  // The plain PUSH endpoint: handing the message to libzmq is its ack.
+  bool deliver_plain(queue& q) {
+    record_fields f;
+    entry& head = q.ready.front();
+    if (!parse_record(head.record, f)) {
+      entry e = pop_ready(q);
+      finish_message(q, e.pos, e.key);
+      return true;
+    }
+    if (zmq_send(plain_out->socket.handle(), f.envelope.data(), f.envelope.size(), ZMQ_DONTWAIT) < 0) {
+      return false;
+    }
+    entry e = pop_ready(q);
+    ++q.st.delivered;
+    ++q.st.acked;
+    finish_message(q, e.pos, e.key);
+    return true;
+  }
+
+  // ------------------------------------------------------------ time
+
+  void on_tick() {
+    const auto now = steady::now();
+    const std::uint64_t wall = now_us();
+    // A device stopped (SIGSTOP, swapped out) must not blame its consumers
+    // for its own silence: every clock that ran meanwhile starts again.
+    const auto gap = now - last_tick;
+    last_tick = now;
+    if (gap > pause_threshold) {
+      ++dstats.pauses;
+      log.warn("the device was stalled for " +
+               std::to_string(std::chrono::duration_cast<milliseconds>(gap).count()) +
+               " ms; consumer and visibility clocks restarted");
+      for (auto& [id, c] : consumers) c.last_seen = now;
+      for (auto& [tag, f] : in_flight) f.deadline += gap;
+    }
+    if (now < next_scan) return;
+    next_scan = now + tick;
+    expire_dedup(wall / 1000);
+    std::vector<std::string> lost;
+    for (auto& [id, c] : consumers) {
+      if (now - c.last_seen > c.heartbeat * config.heartbeat_liveness) {
+        lost.push_back(id);
+      } else if (now - c.last_beat_sent >= c.heartbeat) {
+        out.start(wire::cmd_heartbeat, 0);
+        if (!send_to(id, out.view()) && errno == EHOSTUNREACH) lost.push_back(id);
+        c.last_beat_sent = now;
+      }
+    }
+    for (const auto& id : lost) lose_consumer(id, true);
+    std::vector<std::uint64_t> expired;
+    for (const auto& [tag, f] : in_flight)
+      if (f.deadline <= now) expired.push_back(tag);
+    std::sort(expired.begin(), expired.end());
+    for (const auto tag : expired) {
+      flight f = take_flight(tag);
+      ++f.q->st.timeouts;
+      f.e.last_error = "visibility timeout";
+      failed(*f.q, std::move(f.e), milliseconds(0), true);
+    }
+    for (auto& [name, q] : queues) fire_timers(*q, wall);
+    if (config.stats_interval.count() > 0 && now >= next_stats_log) {
+      next_stats_log = now + config.stats_interval;
+      log_rates();
+    }
+  }
+
+  // ------------------------------------------------------------ control
+
+  void serve_control() {
+    zmq::message_t parts[3];
+    const auto got = control->receive(parts, 3, milliseconds(0));
+    if (!got.got) return;
+    ++dstats.control_requests;
+    const bool with_delimiter = got.count == 3;
+    if ((got.count != 2 && got.count != 3) || (with_delimiter && parts[1].size() != 0) ||
+        parts[got.count - 1].size() > max_control_request) {
+      ++dstats.control_rejected;
+      log.fault("control", "refused a malformed control request");
+      return;
+    }
+    const std::string request(static_cast<const char*>(parts[got.count - 1].data()),
+                              parts[got.count - 1].size());
+    const std::string answer = control_answer(request);
+    void* s = control->socket.handle();
+    (void)zmq_msg_send(parts[0].handle(), s, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (with_delimiter) (void)zmq_send(s, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    (void)zmq_send(s, answer.data(), answer.size(), ZMQ_DONTWAIT);
+  }
+
+  std::string control_answer(const std::string& request) {
+    std::vector<std::string> words;
+    for (std::size_t at = 0; at < request.size();) {
+      const auto space = request.find(' ', at);
+      const auto end = space == std::string::npos ? request.size() : space;
+      if (end > at) words.push_back(request.substr(at, end - at));
+      at = end + 1;
+    }
+    auto error = [this](const std::string& text) {
+      ++dstats.control_rejected;
+      return "{\"error\":\"" + json_escape(text) + "\"}";
+    };
+    if (words.empty()) return error("empty request (use ping, stats, list or redrive)");
+    if (words[0] == "ping" && words.size() == 1) return "pong";
+    if (words[0] == "stats" && words.size() == 1) return json();
+    if ((words[0] == "list" || words[0] == "redrive") && (words.size() == 2 || words.size() == 3)) {
+      std::size_t limit = words[0] == "list" ? 10 : SIZE_MAX;
+      if (words.size() == 3) {
+        char* end = nullptr;
+        const unsigned long long n = std::strtoull(words[2].c_str(), &end, 10);
+        if (end == words[2].c_str() || *end != '\0' || n == 0) return error("count must be a positive number");
+        limit = static_cast<std::size_t>(n);
+      }
+      if (words[0] == "list") limit = std::min<std::size_t>(limit, 1000);
+      std::string name = words[1];
+      if (name.ends_with(dlq_suffix)) name.resize(name.size() - dlq_suffix.size());
+      if (wire::invalid_queue_name(name) || queues.find(name) == queues.end()) {
+        return error("no queue \"" + words[1] + "\"");
+      }
+      queue& q = *queues.at(name);
+      return words[0] == "list" ? list_dead(q, limit) : redrive(q, limit);
+    }
+    return error("unknown request \"" + request.substr(0, 64) +
+                 "\" (use ping, stats, list QUEUE [N], redrive QUEUE [N])");
+  }
+
+  std::string list_dead(queue& q, std::size_t limit) {
+    queue& d = *q.dlq;
+    cursor c = d.messages->read_from({}, true);
+    spool_record r;
+    record_fields f;
+    std::string outj = "{\"queue\":\"" + d.name + "\",\"depth\":" +
+                       std::to_string(d.messages->stats().pending) + ",\"messages\":[";
+    std::size_t n = 0;
+    while (n < limit) {
+      const auto s = c.next(r);
+      if (s == read_status::end) break;
+      if (s != read_status::ok || !parse_record(r.data, f)) continue;
+      zmq::message_t frame(f.envelope.data(), f.envelope.size());
+      message m;
+      if (decode(&frame, 1, m)) continue;
+      auto h = [&m](const char* name) { return json_escape(m.header_value(name).value_or("")); };
+      outj += std::string(n++ ? "," : "") + "{\"position\":\"" + r.pos.to_string() +
+              "\",\"id\":\"" + m.id().to_hex() + "\",\"topic\":\"" + json_escape(m.topic()) +
+              "\",\"key\":" + (m.key() ? "\"" + json_escape(*m.key()) + "\"" : std::string("null")) +
+              ",\"reason\":\"" + h("x-dead-letter-reason") + "\",\"attempts\":\"" +
+              h("x-attempts") + "\",\"last_error\":\"" + h("x-last-error") +
+              "\",\"payload_bytes\":" + std::to_string(m.payload().size()) + "}";
+    }
+    return outj + "]}";
+  }
+
+  // Moves dead letters (not in flight) back to their source queue, attempts reset.
+  std::string redrive(queue& q, std::size_t limit) {
+    queue& d = *q.dlq;
+    cursor c = d.messages->read_from({}, true);
+    spool_record r;
+    record_fields f;
+    std::size_t moved = 0;
+    while (moved < limit) {
+      const auto s = c.next(r);
+      if (s == read_status::end) break;
+      if (s != read_status::ok || !parse_record(r.data, f) || d.busy.count(r.pos.to_u64()) > 0) {
+        continue;
+      }
+      f.enqueued_us = now_us();
+      f.not_before_us = 0;
+      f.expires_us = 0;
+      build_record(dead_buf, f);
+      std::optional<std::string> key;
+      if (f.key) key.emplace(*f.key);
+      ticket t{ticket_kind::redrive, &d, {}, 0, f.id, r.pos, key, 0, {}};
+      d.busy.insert(r.pos.to_u64());
+      if (!append(*q.messages, dead_buf, std::move(t), nullptr)) {
+        d.busy.erase(r.pos.to_u64());
+        break;
+      }
+      ++moved;
+    }
+    return "{\"queue\":\"" + q.name + "\",\"redriven\":" + std::to_string(moved) + "}";
+  }
+
+  // ------------------------------------------------------------ stats
+
+  queue_stats snapshot(const queue& q) const {
+    queue_stats s = q.st;
+    s.depth = q.messages->stats().pending;
+    s.in_flight = 0;
+    for (const auto& [tag, f] : in_flight) s.in_flight += f.q == &q;
+    s.delayed = q.timers.size();
+    s.dead_letter_depth = q.dlq ? q.dlq->messages->stats().pending : 0;
+    if (!q.fsync_samples.empty()) {
+      auto v = q.fsync_samples;
+      std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+      s.fsync_p50_us = v[v.size() / 2];
+      s.fsync_max_us = *std::max_element(v.begin(), v.end());
+    }
+    return s;
+  }
+
+  std::string json() const {
+    std::string j = "{\"queues\":[";
+    bool first = true;
+    for (const auto& [name, q] : queues) {
+      const queue_stats s = snapshot(*q);
+      auto f = [&j](const char* k, std::uint64_t v) {
+        j += ",\"" + std::string(k) + "\":" + std::to_string(v);
+      };
+      j += std::string(first ? "" : ",") + "{\"name\":\"" + name + "\"";
+      first = false;
+      f("depth", s.depth);
+      f("in_flight", s.in_flight);
+      f("delayed", s.delayed);
+      f("dead_letter_depth", s.dead_letter_depth);
+      f("enqueued", s.enqueued);
+      f("duplicates", s.duplicates);
+      f("delivered", s.delivered);
+      f("acked", s.acked);
+      f("nacked", s.nacked);
+      f("redeliveries", s.redeliveries);
+      f("timeouts", s.timeouts);
+      f("consumer_losses", s.consumer_losses);
+      f("dead_lettered", s.dead_lettered);
+      f("expired", s.expired);
+      f("refused", s.refused);
+      f("fsync_p50_us", s.fsync_p50_us);
+      f("fsync_max_us", s.fsync_max_us);
+      j += "}";
+    }
+    j += "],\"consumers\":" + std::to_string(consumers.size());
+    auto f = [&j](const char* k, std::uint64_t v) {
+      j += ",\"" + std::string(k) + "\":" + std::to_string(v);
+    };
+    f("frames_in", dstats.frames_in);
+    f("rejected", dstats.rejected);
+    f("stale_acks", dstats.stale_acks);
+    f("unknown_acks", dstats.unknown_acks);
+    f("producers_refused", dstats.producers_refused);
+    f("control_requests", dstats.control_requests);
+    f("control_rejected", dstats.control_rejected);
+    f("pauses", dstats.pauses);
+    f("dedup_ids", dedup.size());
+    f("dedup_evicted", dedup_evicted);
+    return j + "}";
+  }
+
+  void log_rates() {
+    const auto now = steady::now();
+    const double secs = std::chrono::duration<double>(now - last_log_time).count();
+    std::uint64_t enq = 0, acked = 0, depth = 0, flight_n = in_flight.size(), dead = 0, redel = 0;
+    for (const auto& [name, q] : queues) {
+      enq += q->st.enqueued;
+      acked += q->st.acked;
+      redel += q->st.redeliveries;
+      if (!q->is_dlq) depth += q->messages->stats().pending;
+      else dead += q->messages->stats().pending;
+    }
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "rate: in %.0f msg/s, acked %.0f msg/s; depth %llu, in flight %llu, "
+                  "dead letters %llu, redeliveries %llu, consumers %zu, rejected %llu",
+                  secs > 0 ? static_cast<double>(enq - logged_enqueued) / secs : 0.0,
+                  secs > 0 ? static_cast<double>(acked - logged_acked) / secs : 0.0,
+                  static_cast<unsigned long long>(depth), static_cast<unsigned long long>(flight_n),
+                  static_cast<unsigned long long>(dead), static_cast<unsigned long long>(redel),
+                  consumers.size(), static_cast<unsigned long long>(dstats.rejected));
+    log.info(line);
+    logged_enqueued = enq;
+    logged_acked = acked;
+    last_log_time = now;
+  }
+
+  // ------------------------------------------------------------ the loop
+
+  void read_clients() {
+    zmq::message_t id, body, extra;
+    void* s = clients->socket.handle();
+    for (int i = 0; i < batch_per_wakeup; ++i) {
+      if (zmq_msg_recv(id.handle(), s, ZMQ_DONTWAIT) < 0) return;
+      if (!id.more()) continue;  // cannot happen on a ROUTER; ignore
+      if (zmq_msg_recv(body.handle(), s, 0) < 0) return;
+      ++dstats.frames_in;
+      if (body.more()) {  // every command is one frame: drain and count the rest
+        while (body.more() && zmq_msg_recv(body.handle(), s, 0) >= 0) {
+        }
+        reject("frame count");
+        continue;
+      }
+      sender.assign(static_cast<const char*>(id.data()), id.size());
+      handle_command(body);
+    }
+  }
+
+  void handle_command(const zmq::message_t& body) {
+    wire::reader in(body.data(), body.size());
+    std::uint32_t n = 0;
+    std::string_view cmd;
+    if (!in.array(n) || n == 0 || !in.bytes(cmd, 16)) return reject("not a command");
+    if (cmd == wire::cmd_publish && n == 6) return on_publish(sender, in);
+    if (cmd == wire::cmd_ack && n == 2) return on_ack(sender, in);
+    if (cmd == wire::cmd_take && n == 4) return on_take(sender, in);
+    if (cmd == wire::cmd_nack && n == 4) return on_nack(sender, in, false);
+    if (cmd == wire::cmd_reject && n == 3) return on_nack(sender, in, true);
+    if (cmd == wire::cmd_bye && n == 1) return lose_consumer(sender, false);
+    reject("unknown command");
+  }
+
+  void read_plain() {
+    zmq::message_t parts[2];
+    for (int i = 0; i < batch_per_wakeup; ++i) {
+      const auto got = plain_in->receive(parts, 2, milliseconds(0));
+      if (!got.got) return;
+      ++dstats.frames_in;
+      if (got.count > 2) {
+        reject("frame count");
+        continue;
+      }
+      std::string_view env;
+      std::string joined;
+      if (got.count == 2) {
+        joined.assign(static_cast<const char*>(parts[0].data()), parts[0].size());
+        joined.append(static_cast<const char*>(parts[1].data()), parts[1].size());
+        env = joined;
+      } else {
+        env = {static_cast<const char*>(parts[0].data()), parts[0].size()};
+      }
+      const auto nul = env.find('\0');
+      const std::string qname(env.substr(0, nul == std::string_view::npos ? 0 : nul));
+      if (nul == std::string_view::npos || wire::invalid_queue_name(qname) ||
+          qname.ends_with(dlq_suffix)) {
+        reject("plain message whose topic is not a queue name");
+        continue;
+      }
+      enqueue({}, 0, qname, 0, 0, env, ticket_kind::plain);
+    }
+  }
+
+  void run(const std::atomic<bool>& stop) {
+    log.info("ready clients=" + join(clients->endpoints) +
+             " plain_in=" + join(plain_in ? plain_in->endpoints : std::vector<std::string>{}) +
+             " plain_out=" + join(plain_out ? plain_out->endpoints : std::vector<std::string>{}) +
+             " control=" + join(control ? control->endpoints : std::vector<std::string>{}) +
+             " data=" + config.data_dir.string() + " queues=" + std::to_string(queues.size() / 2));
+    last_tick = steady::now();
+    last_log_time = last_tick;
+    next_stats_log = last_tick + config.stats_interval;
+    while (!stop.load(std::memory_order_relaxed)) {
+      zmq::pollitem_t items[5];
+      int n = 0;
+      items[n++] = {clients->socket.handle(), 0, ZMQ_POLLIN, 0};
+      items[n++] = {nullptr, wake, ZMQ_POLLIN, 0};
+      const int plain_at = plain_in ? n : -1;
+      if (plain_in) items[n++] = {plain_in->socket.handle(), 0, ZMQ_POLLIN, 0};
+      const int control_at = control ? n : -1;
+      if (control) items[n++] = {control->socket.handle(), 0, ZMQ_POLLIN, 0};
+      const int out_at = plain_out && plain_queue && !plain_queue->ready.empty() ? n : -1;
+      if (out_at >= 0) items[n++] = {plain_out->socket.handle(), 0, ZMQ_POLLOUT, 0};
+      zmq::poll(items, static_cast<std::size_t>(n), poll_timeout());
+      on_tick();
+      if (items[0].revents & ZMQ_POLLIN) read_clients();
+      if (plain_at >= 0 && (items[plain_at].revents & ZMQ_POLLIN)) read_plain();
+      if (control_at >= 0 && (items[control_at].revents & ZMQ_POLLIN)) {
+        for (int i = 0; i < 16; ++i) {
+          const auto before = dstats.control_requests;
+          serve_control();
+          if (dstats.control_requests == before) break;
+        }
+      }
+      drain_completions((items[1].revents & ZMQ_POLLIN) != 0);
+      send_confirms();
+      for (auto& [name, q] : queues) {
+        refill(*q);
+        dispatch(*q);
+      }
+    }
+    shutdown();
+  }
+
+  milliseconds poll_timeout() const {
+    // Timers due sooner than a tick wake the loop in time.
+    std::uint64_t soonest = UINT64_MAX;
+    for (const auto& [name, q] : queues)
+      if (!q->timers.empty()) soonest = std::min(soonest, q->timers.begin()->first);
+    if (soonest == UINT64_MAX) return tick;
+    const std::uint64_t now = now_us();
+    if (soonest <= now) return milliseconds(0);
+    return std::min(tick, milliseconds((soonest - now + 999) / 1000));
+  }
+
+  // Syncs everything accepted, confirms it, and logs the totals.
+  void shutdown() {
+    for (auto& [name, q] : queues) {
+      if (auto ec = q->messages->flush()) log.error("queue " + name + ": final sync failed: " + ec.message());
+      (void)q->attempts->flush();
+    }
+    drain_completions(true);
+    send_confirms();
+    log_rates();
+    log.info("stopped; everything accepted is on disk");
+  }
+
+  queue_config config;
+  logger log;
+  std::map<std::string, std::unique_ptr<queue>> queues;
+  queue* plain_queue = nullptr;
+  std::optional<detail::channel_socket> clients, plain_in, plain_out, control;
+  std::unordered_map<std::string, consumer_state> consumers;
+  std::unordered_map<std::uint64_t, flight> in_flight;
+  std::uint64_t tag_base = 0, next_tag = 0;
+  std::unordered_map<message_id, dedup_entry, id_hash> dedup;
+  std::deque<std::pair<std::uint64_t, message_id>> dedup_order;
+  std::uint64_t dedup_evicted = 0;
+  std::unordered_map<std::uint64_t, ticket> tickets;
+  std::uint64_t last_ticket = 0;
+  std::mutex completions_mu;
+  std::vector<completion> completions;  // guarded by completions_mu
+  std::vector<completion> completions_batch;
+  int wake = -1;
+  std::unordered_map<std::string, std::vector<std::uint64_t>> confirms;
+  queue_device_stats dstats;
+  std::mt19937_64 rng{std::random_device{}()};
+  wire::writer out;
+  message scratch;
+  std::string sender, record_buf, attempt_buf, dead_buf;  // sender: routing id of the frame in hand
+  spool_record read_buf;
+  steady::time_point last_tick, next_scan, next_stats_log, last_log_time;
+  std::uint64_t logged_enqueued = 0, logged_acked = 0;
+};
+
+queue_device::queue_device(context& ctx, queue_config config)
+    : impl_(std::make_unique<impl>(ctx, std::move(config))) {}
+queue_device::~queue_device() = default;
+
+void queue_device::run(const std::atomic<bool>& stop) { impl_->run(stop); }
+
+const std::vector<std::string>& queue_device::client_endpoints() const noexcept {
+  return impl_->clients->endpoints;
+}
+const std::vector<std::string>& queue_device::control_endpoints() const noexcept {
+  static const std::vector<std::string> none;
+  return impl_->control ? impl_->control->endpoints : none;
+}
+const std::vector<std::string>& queue_device::plain_in_endpoints() const noexcept {
+  static const std::vector<std::string> none;
+  return impl_->plain_in ? impl_->plain_in->endpoints : none;
+}
+const std::vector<std::string>& queue_device::plain_out_endpoints() const noexcept {
+  static const std::vector<std::string> none;
+  return impl_->plain_out ? impl_->plain_out->endpoints : none;
+}
+
+std::vector<queue_stats> queue_device::stats() const {
+  std::vector<queue_stats> v;
+  for (const auto& [name, q] : impl_->queues) v.push_back(impl_->snapshot(*q));
+  return v;
+}
+const queue_device_stats& queue_device::device_stats() const noexcept { return impl_->dstats; }
+std::string queue_device::stats_json() const { return impl_->json(); }
+
+}  // namespace postbox::devices

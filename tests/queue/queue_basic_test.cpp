@@ -1,0 +1,105 @@
+// The queue device in-process: a device thread, reliable clients over tcp
+// and ipc on 127.0.0.1, real spools on disk.
+#include <postbox/devices/queue.hpp>
+#include <postbox/queue_client.hpp>
+
+#include "support/support.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <thread>
+
+using namespace postbox;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A device running on its own thread for the life of the object.
+class running_device {
+ public:
+  running_device(context& ctx, devices::queue_config c) : device_(ctx, std::move(c)) {
+    thread_ = std::thread([this] { device_.run(stop_); });
+  }
+  ~running_device() {
+    stop_ = true;
+    thread_.join();
+  }
+  [[nodiscard]] std::string clients() const { return ">" + device_.client_endpoints().front(); }
+  devices::queue_device& device() { return device_; }
+  // Stats are read while the loop runs only for coarse waiting; exact checks stop it first.
+  void stop() {
+    if (!stop_) {
+      stop_ = true;
+      thread_.join();
+      thread_ = std::thread([] {});
+    }
+  }
+
+ private:
+  devices::queue_device device_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+devices::queue_config test_config(const test::temp_dir& dir, test::transport_kind t) {
+  devices::queue_config c;
+  c.clients = "@" + test::bind_address(t, dir);
+  c.data_dir = dir.path() / "data";
+  c.log = devices::log_level::warn;
+  c.retry_initial = 20ms;
+  c.retry_max = 200ms;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("queue: a confirmed message is delivered and acked", "[queue]") {
+  const auto t = GENERATE(test::transport_kind::tcp, test::transport_kind::ipc);
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, test_config(dir, t));
+  producer p(ctx, dev.clients(), "jobs");
+  consumer c(ctx, dev.clients(), {"jobs"});
+
+  std::vector<message_id> sent;
+  for (int i = 0; i < 100; ++i) {
+    const auto r = p.send(message("video", "job-" + std::to_string(i)));
+    REQUIRE(r.ok);
+    REQUIRE(r.reason.empty());
+    sent.push_back(r.id);
+  }
+  std::vector<message_id> got;
+  for (int i = 0; i < 100; ++i) {
+    auto d = c.receive(5s);
+    REQUIRE(d);
+    CHECK(d->queue == "jobs");
+    CHECK(d->attempt == 0);
+    CHECK(d->msg.payload() == "job-" + std::to_string(i));
+    got.push_back(d->msg.id());
+    c.ack(*d);
+  }
+  CHECK(got == sent);
+  CHECK_FALSE(c.receive(200ms));
+}
+
+TEST_CASE("queue: a nacked message comes back with its attempt count", "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, test_config(dir, test::transport_kind::tcp));
+  producer p(ctx, dev.clients(), "jobs");
+  consumer c(ctx, dev.clients(), {"jobs"});
+  REQUIRE(p.send(message("video", "flaky")).ok);
+  for (std::uint32_t attempt = 0; attempt < 3; ++attempt) {
+    auto d = c.receive(5s);
+    REQUIRE(d);
+    CHECK(d->attempt == attempt);
+    CHECK(d->msg.attempt() == attempt);
+    c.nack(*d, "transcoder busy");
+  }
+  auto d = c.receive(5s);
+  REQUIRE(d);
+  CHECK(d->attempt == 3);
+  c.ack(*d);
+  CHECK_FALSE(c.receive(300ms));
+}
