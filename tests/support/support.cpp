@@ -133,4 +133,6 @@ int child::wait(std::chrono::milliseconds timeout) {
 std::string peer_path() { return POSTBOX_TEST_PEER; }
 std::string forwarder_path() { return POSTBOX_FORWARDER; }
 
+std::string queue_path() { return POSTBOX_QUEUE; }
+
 }  // namespace postbox::test

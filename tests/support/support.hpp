@@ -68,4 +68,7 @@ class child {
 /// The postbox-forwarder executable's path.
 [[nodiscard]] std::string forwarder_path();
 
+/// The postbox-queue executable's path.
+[[nodiscard]] std::string queue_path();
+
 }  // namespace postbox::test
