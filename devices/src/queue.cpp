@@ -214,6 +214,8 @@ struct queue_device::impl {
     queue_stats st;
     std::vector<std::uint32_t> fsync_samples;  // ring of append-to-durable times, us
     std::size_t fsync_next = 0;
+    // Counters at the last rate sample (about once a second).
+    std::uint64_t rate_enqueued = 0, rate_acked = 0;
   };
 
   struct flight {
@@ -1140,10 +1142,25 @@ struct queue_device::impl {
       failed(*f.q, std::move(f.e), milliseconds(0), true);
     }
     for (auto& [name, q] : queues) fire_timers(*q, wall);
+    if (now >= next_rate_sample) sample_rates(now);
     if (config.stats_interval.count() > 0 && now >= next_stats_log) {
       next_stats_log = now + config.stats_interval;
       log_rates();
     }
+  }
+
+  void sample_rates(steady::time_point now) {
+    const double secs = std::chrono::duration<double>(now - last_rate_sample).count();
+    for (auto& [name, q] : queues) {
+      if (secs > 0) {
+        q->st.enqueue_rate = static_cast<double>(q->st.enqueued - q->rate_enqueued) / secs;
+        q->st.ack_rate = static_cast<double>(q->st.acked - q->rate_acked) / secs;
+      }
+      q->rate_enqueued = q->st.enqueued;
+      q->rate_acked = q->st.acked;
+    }
+    last_rate_sample = now;
+    next_rate_sample = now + std::chrono::seconds(1);
   }
 
   // ------------------------------------------------------------ control
@@ -1306,6 +1323,8 @@ struct queue_device::impl {
       f("refused", s.refused);
       f("fsync_p50_us", s.fsync_p50_us);
       f("fsync_max_us", s.fsync_max_us);
+      f("enqueue_rate", static_cast<std::uint64_t>(s.enqueue_rate));
+      f("ack_rate", static_cast<std::uint64_t>(s.ack_rate));
       j += "}";
     }
     j += "],\"consumers\":" + std::to_string(consumers.size());
@@ -1424,6 +1443,7 @@ struct queue_device::impl {
              " data=" + config.data_dir.string() + " queues=" + std::to_string(queues.size() / 2));
     last_tick = steady::now();
     last_log_time = last_tick;
+    last_rate_sample = last_tick;
     next_stats_log = last_tick + config.stats_interval;
     while (!stop.load(std::memory_order_relaxed)) {
       zmq::pollitem_t items[5];
@@ -1505,6 +1525,7 @@ struct queue_device::impl {
   std::string sender, record_buf, attempt_buf, dead_buf;  // sender: routing id of the frame in hand
   spool_record read_buf;
   steady::time_point last_tick, next_scan, next_stats_log, last_log_time;
+  steady::time_point last_rate_sample, next_rate_sample;
   std::uint64_t logged_enqueued = 0, logged_acked = 0;
 };
 

@@ -69,7 +69,7 @@ po::options_description describe() {
     ("max-queues", po::value<std::size_t>()->default_value(d.max_queues)->value_name("N"), "queues the device opens at most")
     ("max-message-size", po::value<std::int64_t>()->default_value(d.max_message_size)->value_name("BYTES"), "largest frame accepted; a larger one drops its connection")
     ("hwm", po::value<int>()->default_value(d.hwm)->value_name("N"), "messages queued per peer and direction")
-    ("stats-interval", po::value<long>()->default_value(0)->value_name("SECONDS"), "log a one-line rate every SECONDS (0: never)")
+    ("stats-interval", po::value<long>()->default_value(d.stats_interval.count())->value_name("SECONDS"), "log a one-line rate every SECONDS (0: never)")
     ("log-level", po::value<std::string>()->default_value("info")->value_name("LEVEL"), "error, warn, info or debug");
   // clang-format on
   return o;
@@ -175,7 +175,7 @@ queue_command load_queue_config(int argc, const char* const* argv) {
     throw config_error("--buffer-messages and --buffer-bytes must be positive");
   }
   c.max_queues = vm["max-queues"].as<std::size_t>();
-  if (c.max_queues == 0 || c.max_queues > 100'000) throw config_error("--max-queues must be 1 .. 100000");
+  if (c.max_queues == 0 || c.max_queues > 10'000) throw config_error("--max-queues must be 1 .. 10000");
   c.max_message_size = vm["max-message-size"].as<std::int64_t>();
   if (c.max_message_size < 64) {
     throw config_error("--max-message-size must be at least 64, got " + std::to_string(c.max_message_size));

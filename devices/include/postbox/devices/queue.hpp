@@ -58,11 +58,13 @@ struct queue_config {
   /// of the backlog stays on disk. Bounds the device's memory.
   std::size_t buffer_messages = 10'000;
   std::size_t buffer_bytes = 16u * 1024 * 1024;
-  /// Queues the device opens at most (each is a directory and a spool).
-  std::size_t max_queues = 1'000;
+  /// Queues the device opens at most. Each is four spools (its messages and
+  /// attempts, and its dead-letter queue's), each with a writer thread.
+  std::size_t max_queues = 100;
   std::int64_t max_message_size = 16 * 1024 * 1024;
   int hwm = 100'000;
-  std::chrono::seconds stats_interval{0};
+  /// A one-line rate log every this long; 0: none.
+  std::chrono::seconds stats_interval{30};
   log_level log = log_level::info;
 };
 
@@ -90,6 +92,7 @@ struct queue_stats {
   std::uint64_t redeliveries = 0, timeouts = 0, consumer_losses = 0;
   std::uint64_t dead_lettered = 0, expired = 0, refused = 0;
   std::uint64_t fsync_p50_us = 0, fsync_max_us = 0;  ///< append to durable, recent
+  double enqueue_rate = 0, ack_rate = 0;  ///< messages/s over the last second or so
 };
 
 struct queue_device_stats {
