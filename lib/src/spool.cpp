@@ -170,6 +170,13 @@ class spool_writer {
     append_callback cb;
   };
 
+  // What the staging vectors reserve: a full queue of ~100-byte records, but
+  // never more than 64 MiB of address space each way (larger queues, or
+  // smaller records, grow the vectors as before).
+  std::size_t reserved_bytes() const noexcept {
+    return std::min<std::size_t>(opts_.max_queued_bytes, 64u << 20);
+  }
+  std::size_t reserved_entries() const noexcept { return reserved_bytes() / 128; }
   void recover();
   void run();
   bool process(std::vector<unsigned char>& buf, std::vector<entry>& batch,
@@ -184,6 +191,7 @@ class spool_writer {
   std::uint64_t head_end_ = 0;   // writer thread only
   bool dirty_ = false;           // written since the last fdatasync (writer thread only)
   std::vector<position> carry_marks_;  // marks whose done record failed to write
+  std::vector<position> pos_;          // positions of a batch's entries, reused (writer thread only)
 
   mutable std::mutex qmu_;
   std::condition_variable writer_cv_, space_cv_, flush_cv_;
@@ -232,6 +240,12 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
     ::close(lock_fd_);
     throw;
   }
+  // Appenders fill staging_ and entries_, and the writer swaps them with its
+  // own pair, so all four keep their capacity. Reserving it up front spares
+  // appenders the reallocation copies (and their page faults) while batches
+  // grow; only the pages touched take memory.
+  staging_.reserve(reserved_bytes());
+  entries_.reserve(reserved_entries());
   thread_ = std::thread([this] { run(); });
   writer_id_ = thread_.get_id();
 }
@@ -436,7 +450,9 @@ void spool_writer::set_fault(int err) {
 
 void spool_writer::run() {
   std::vector<unsigned char> buf;
+  buf.reserve(reserved_bytes());
   std::vector<entry> batch;
+  batch.reserve(reserved_entries());
   std::vector<position> marks;
   const auto interval = opts_.fsync_interval;
   auto next_sync = steady::now() + interval;
@@ -546,7 +562,8 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
     batch.push_back({static_cast<std::uint32_t>(fmt::record_header_size + len), false, {}});
   }
 
-  std::vector<position> pos(batch.size());
+  std::vector<position>& pos = pos_;
+  pos.resize(batch.size());
   std::size_t written = 0;  // entries [0, written) are in the file
   std::size_t boff = 0;
   std::error_code werr;
@@ -601,12 +618,15 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
   {
     std::lock_guard lk(state_->mu);
     const std::int64_t now = now_ms();
+    segment_index* seg = nullptr;  // one map lookup per segment the batch touched
     for (std::size_t k = 0; k < written; ++k) {
-      auto& seg = state_->segments[pos[k].segment];
-      if (batch[k].data) seg.add(pos[k].offset);
-      seg.bytes = std::max<std::uint64_t>(seg.bytes, pos[k].offset + std::uint64_t{batch[k].size});
-      seg.bytes = std::max<std::uint64_t>(seg.bytes, fmt::segment_header_size);
-      seg.last_write_ms = now;
+      if (k == 0 || pos[k].segment != pos[k - 1].segment) {
+        seg = &state_->segments[pos[k].segment];
+        seg->bytes = std::max<std::uint64_t>(seg->bytes, fmt::segment_header_size);
+        seg->last_write_ms = now;
+      }
+      if (batch[k].data) seg->add(pos[k].offset);
+      seg->bytes = std::max<std::uint64_t>(seg->bytes, pos[k].offset + std::uint64_t{batch[k].size});
     }
     if (head_ != first_head) {
       for (auto it = state_->segments.find(first_head); it != state_->segments.end(); ++it) {
