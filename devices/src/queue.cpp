@@ -305,6 +305,8 @@ struct queue_device::impl {
     // Done segments stay for the de-duplication window, so that a restart
     // can rebuild the window from them (docs/queue-device.md, "De-duplication").
     if (for_messages) so.retention_time = config.dedup_window;
+    // The writer's staging holds this much; attempt records are few and small.
+    so.max_queued_bytes = for_messages ? 16u << 20 : 1u << 20;
     return so;
   }
 
