@@ -18,7 +18,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 namespace postbox::devices {
@@ -144,6 +146,17 @@ std::string json_escape(std::string_view s) {
   return out;
 }
 
+// A file descriptor closed with its owner, even when a constructor throws.
+struct unique_fd {
+  int fd = -1;
+  unique_fd() = default;
+  unique_fd(const unique_fd&) = delete;
+  unique_fd& operator=(const unique_fd&) = delete;
+  ~unique_fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
 std::string join(const std::vector<std::string>& v) {
   std::string out;
   for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
@@ -244,10 +257,11 @@ struct queue_device::impl {
 
   impl(context& ctx, queue_config c) : config(std::move(c)), log("postbox-queue", config.log) {
     validate();
-    fs::create_directories(config.data_dir);
+    lock_data_dir();
     tag_base = std::random_device{}() | std::uint64_t{std::random_device{}()} << 31;
     next_tag = tag_base;
-    wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    wake_fd.fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    wake = wake_fd.fd;
     if (wake < 0) throw transport_error("postbox-queue: eventfd failed");
     open_existing_queues();
     socket_options o;
@@ -274,7 +288,26 @@ struct queue_device::impl {
     // The spools sync what is queued as they close, and their callbacks
     // still reach `completions` and `wake`: close them first.
     queues.clear();
-    if (wake >= 0) ::close(wake);
+  }
+
+  // One device per data directory: DATA/LOCK held with flock while it runs
+  // (each spool has its own lock too, but a device with no queue yet has none).
+  void lock_data_dir() {
+    std::error_code ec;
+    fs::create_directories(config.data_dir, ec);
+    if (ec) throw spool_error("cannot create " + config.data_dir.string() + ": " + ec.message());
+    const fs::path lock = config.data_dir / "LOCK";
+    lock_fd.fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd.fd < 0) {
+      throw spool_error("cannot open " + lock.string() + ": " + std::strerror(errno));
+    }
+    if (::flock(lock_fd.fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      throw spool_error(err == EWOULDBLOCK
+                            ? "data directory " + config.data_dir.string() +
+                                  " is in use by another postbox-queue"
+                            : "cannot lock " + lock.string() + ": " + std::strerror(err));
+    }
   }
 
   void validate() const {
@@ -711,7 +744,6 @@ struct queue_device::impl {
       if (wire::invalid_queue_name(name)) continue;
       queue* q = open_or_refuse(std::string(name));
       if (q == nullptr) continue;
-      if (name.ends_with(dlq_suffix)) q = q->dlq;
       if (std::find(c.queues.begin(), c.queues.end(), q) != c.queues.end()) continue;
       c.queues.push_back(q);
       q->consumers.push_back(peer);
@@ -1380,10 +1412,11 @@ struct queue_device::impl {
     for (int i = 0; i < batch_per_wakeup; ++i) {
       if (zmq_msg_recv(id.handle(), s, ZMQ_DONTWAIT) < 0) return;
       if (!id.more()) continue;  // cannot happen on a ROUTER; ignore
-      if (zmq_msg_recv(body.handle(), s, 0) < 0) return;
+      // The rest of a message is already here (libzmq delivers whole messages).
+      if (recv_part(body, s) < 0) return;
       ++dstats.frames_in;
       if (body.more()) {  // every command is one frame: drain and count the rest
-        while (body.more() && zmq_msg_recv(body.handle(), s, 0) >= 0) {
+        while (body.more() && recv_part(body, s) >= 0) {
         }
         reject("frame count");
         continue;
@@ -1391,6 +1424,13 @@ struct queue_device::impl {
       sender.assign(static_cast<const char*>(id.data()), id.size());
       handle_command(body);
     }
+  }
+
+  static int recv_part(zmq::message_t& m, void* s) {
+    int rc = 0;
+    while ((rc = zmq_msg_recv(m.handle(), s, 0)) < 0 && zmq_errno() == EINTR) {
+    }
+    return rc;
   }
 
   void handle_command(const zmq::message_t& body) {
@@ -1458,7 +1498,11 @@ struct queue_device::impl {
       if (control) items[n++] = {control->socket.handle(), 0, ZMQ_POLLIN, 0};
       const int out_at = plain_out && plain_queue && !plain_queue->ready.empty() ? n : -1;
       if (out_at >= 0) items[n++] = {plain_out->socket.handle(), 0, ZMQ_POLLOUT, 0};
-      zmq::poll(items, static_cast<std::size_t>(n), poll_timeout());
+      if (zmq_poll(items, n, static_cast<long>(poll_timeout().count())) < 0) {
+        // A signal (SIGTERM: the stop flag is set) interrupts the wait; anything else is fatal.
+        if (zmq_errno() == EINTR) continue;
+        throw transport_error(std::string("poll: ") + zmq_strerror(zmq_errno()));
+      }
       on_tick();
       if (items[0].revents & ZMQ_POLLIN) read_clients();
       if (plain_at >= 0 && (items[plain_at].revents & ZMQ_POLLIN)) read_plain();
@@ -1504,6 +1548,11 @@ struct queue_device::impl {
 
   queue_config config;
   logger log;
+  // Declared before the queues: a spool's callbacks reach these until it is destroyed.
+  unique_fd lock_fd, wake_fd;
+  int wake = -1;  // wake_fd.fd
+  std::mutex completions_mu;
+  std::vector<completion> completions;  // guarded by completions_mu
   std::map<std::string, std::unique_ptr<queue>> queues;
   queue* plain_queue = nullptr;
   std::optional<detail::channel_socket> clients, plain_in, plain_out, control;
@@ -1515,10 +1564,7 @@ struct queue_device::impl {
   std::uint64_t dedup_evicted = 0;
   std::unordered_map<std::uint64_t, ticket> tickets;
   std::uint64_t last_ticket = 0;
-  std::mutex completions_mu;
-  std::vector<completion> completions;  // guarded by completions_mu
   std::vector<completion> completions_batch;
-  int wake = -1;
   std::unordered_map<std::string, std::vector<std::uint64_t>> confirms;
   queue_device_stats dstats;
   std::mt19937_64 rng{std::random_device{}()};

@@ -48,6 +48,7 @@ struct producer::impl {
     confirm_callback done;
     steady::time_point first_sent;
     steady::time_point resend_at;
+    bool transmitted = false;  // handed to libzmq at least once
   };
 
   impl(context& ctx, std::string_view endpoints, std::string q, producer_options o)
@@ -67,12 +68,29 @@ struct producer::impl {
     zmq::message_t f(p.frame.data(), p.frame.size());
     const auto r = sock.socket.send(f, zmq::send_flags::dontwait);
     p.resend_at = steady::now() + (r ? opts.resend_after : unsent_retry);
+    if (r && !p.transmitted) {
+      p.transmitted = true;
+      --untransmitted;
+    }
     return r.has_value();
+  }
+
+  // Messages go out in the order they were sent: one libzmq could not take
+  // (no device connected yet, a full pipe) holds back every later one, so
+  // that messages with one key reach the device in order.
+  bool send_untransmitted() {
+    if (untransmitted == 0) return true;
+    for (auto& [seq, p] : unconfirmed) {
+      if (!p.transmitted && !transmit(p)) return false;
+      if (untransmitted == 0) break;
+    }
+    return true;
   }
 
   void finish(std::map<std::uint64_t, pending>::iterator it, confirm c, std::size_t& ran) {
     confirm_callback done = std::move(it->second.done);
     c.id = it->second.id;
+    if (!it->second.transmitted) --untransmitted;
     unconfirmed.erase(it);
     ++ran;
     if (done) done(c);
@@ -129,13 +147,14 @@ struct producer::impl {
     const auto now = steady::now();
     if (now < next_check) return 0;
     next_check = now + unsent_retry;
+    send_untransmitted();
     for (auto it = unconfirmed.begin(); it != unconfirmed.end();) {
       auto next = std::next(it);
       pending& p = it->second;
       if (now - p.first_sent >= opts.give_up_after) {
         ++st.timed_out;
         finish(it, {false, "timed out", {}}, ran);
-      } else if (now >= p.resend_at) {
+      } else if (p.transmitted && now >= p.resend_at) {
         if (transmit(p)) ++st.resent;
       }
       it = next;
@@ -167,7 +186,10 @@ struct producer::impl {
         wait = wait < 0 ? step : std::min(wait, step);
       }
       zmq::pollitem_t item{sock.socket.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, milliseconds(wait)) < 0) return ran;
+      if (zmq_poll(&item, 1, wait) < 0) {
+        if (zmq_errno() == EINTR) return ran;  // a signal: let the caller look at it
+        throw transport_error(std::string("producer poll: ") + zmq_strerror(zmq_errno()));
+      }
     }
   }
 
@@ -183,7 +205,8 @@ struct producer::impl {
     auto [it, inserted] = unconfirmed.emplace(seq, std::move(p));
     (void)inserted;
     ++st.sent;
-    transmit(it->second);
+    ++untransmitted;
+    send_untransmitted();
   }
 
   detail::channel_socket sock;
@@ -192,6 +215,7 @@ struct producer::impl {
   producer_stats st;
   std::map<std::uint64_t, pending> unconfirmed;
   std::uint64_t next_seq = 0;
+  std::size_t untransmitted = 0;  // pending messages never handed to libzmq
   steady::time_point next_check{};
   wire::writer command;
   std::string envelope;
@@ -251,7 +275,14 @@ struct consumer::impl {
     if (opts.heartbeat.count() <= 0) throw config_error("consumer heartbeat must be positive");
     wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) throw transport_error("consumer: eventfd failed");
-    io = std::thread([this] { loop(); });
+    io = std::thread([this] {
+      try {
+        loop();
+      } catch (const std::exception&) {
+        // Only a failing socket gets here (the context is closing): stop
+        // serving; the device gives what this consumer held to others.
+      }
+    });
   }
 
   ~impl() {
@@ -355,10 +386,9 @@ struct consumer::impl {
       zmq::pollitem_t items[] = {{sock.socket.handle(), 0, ZMQ_POLLIN, 0},
                                  {nullptr, wake, ZMQ_POLLIN, 0}};
       const auto wait = std::chrono::ceil<milliseconds>(next_beat - steady::now());
-      try {
-        zmq::poll(items, 2, std::max(wait, milliseconds(0)));
-      } catch (const zmq::error_t&) {
-        return;  // the context is being terminated
+      if (zmq_poll(items, 2, std::max<long>(static_cast<long>(wait.count()), 0)) < 0) {
+        if (zmq_errno() == EINTR) continue;  // a signal for this process: keep serving
+        return;  // ETERM: the context is being terminated
       }
       if (items[0].revents & ZMQ_POLLIN) {
         zmq::message_t f;
