@@ -3,6 +3,7 @@
 #include <postbox/devices/queue.hpp>
 #include <postbox/queue_client.hpp>
 
+#include "queue/queue_support.hpp"
 #include "support/support.hpp"
 
 #include <catch2/catch.hpp>
@@ -15,32 +16,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A device running on its own thread for the life of the object.
-class running_device {
- public:
-  running_device(context& ctx, devices::queue_config c) : device_(ctx, std::move(c)) {
-    thread_ = std::thread([this] { device_.run(stop_); });
-  }
-  ~running_device() {
-    stop_ = true;
-    thread_.join();
-  }
-  [[nodiscard]] std::string clients() const { return ">" + device_.client_endpoints().front(); }
-  devices::queue_device& device() { return device_; }
-  // Stats are read while the loop runs only for coarse waiting; exact checks stop it first.
-  void stop() {
-    if (!stop_) {
-      stop_ = true;
-      thread_.join();
-      thread_ = std::thread([] {});
-    }
-  }
-
- private:
-  devices::queue_device device_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
+using test::running_device;
 
 devices::queue_config test_config(const test::temp_dir& dir, test::transport_kind t) {
   devices::queue_config c;
