@@ -8,6 +8,8 @@
 #include <postbox/pub_sub.hpp>
 #include <postbox/topic.hpp>
 
+#include "control.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <unordered_map>
@@ -290,33 +292,25 @@ void forwarder::impl::on_subscription(zmq::message_t& event) {
 }
 
 void forwarder::impl::serve_control() {
-  zmq::message_t parts[3];
-  const auto got = control->receive(parts, 3, std::chrono::milliseconds(0));
-  if (!got.got) return;
+  control_endpoint::request r;
+  const auto got = control_endpoint::receive(*control, max_control_request, r);
+  if (got == control_endpoint::received::none) return;
   ++stats.control_requests;
-  // [id][command] from a DEALER, [id][""][command] from a REQ.
-  const bool with_delimiter = got.count == 3;
-  if ((got.count != 2 && got.count != 3) || (with_delimiter && parts[1].size() != 0) ||
-      parts[got.count - 1].size() > max_control_request) {
+  if (got == control_endpoint::received::malformed) {
     ++stats.control_rejected;
     log.fault("control", "refused a malformed control request");
     return;
   }
-  const std::string_view command(static_cast<const char*>(parts[got.count - 1].data()),
-                                 parts[got.count - 1].size());
   std::string answer;
-  if (command == "ping") {
+  if (r.text == "ping") {
     answer = "pong";
-  } else if (command == "stats") {
+  } else if (r.text == "stats") {
     answer = to_json(stats, config);
   } else {
     ++stats.control_rejected;
     answer = "error: unknown command (use ping or stats)";
   }
-  void* s = control->socket.handle();
-  (void)zmq_msg_send(parts[0].handle(), s, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-  if (with_delimiter) (void)zmq_send(s, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-  (void)zmq_send(s, answer.data(), answer.size(), ZMQ_DONTWAIT);
+  control_endpoint::answer(*control, r, answer);
 }
 
 void forwarder::impl::log_rates(bool final) {

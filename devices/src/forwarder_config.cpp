@@ -5,10 +5,7 @@
 #include <postbox/endpoint.hpp>
 #include <postbox/error.hpp>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
+#include "command_line.hpp"
 
 #include <boost/program_options.hpp>
 
@@ -63,33 +60,11 @@ po::options_description describe() {
 
 forwarder_command load_forwarder_config(int argc, const char* const* argv) {
   const auto desc = describe();
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("config")) {
-      const auto path = vm["config"].as<std::string>();
-      std::ifstream file(path);
-      if (!file) {
-        throw config_error("cannot read config file \"" + path + "\": " + std::strerror(errno));
-      }
-      po::store(po::parse_config_file(file, desc), vm);
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw config_error(e.what());
-  }
-
+  const auto vm = cli::parse_command_line(argc, argv, desc);
   forwarder_command cmd;
-  if (vm.count("help")) {
-    std::ostringstream text;
-    text << usage_head << desc << usage_tail;
-    cmd.print_and_exit = text.str();
-    return cmd;
-  }
-  if (vm.count("version")) {
-    cmd.print_and_exit = "postbox-forwarder " POSTBOX_VERSION "\n";
-    return cmd;
-  }
+  cmd.print_and_exit =
+      cli::help_or_version(vm, desc, usage_head, usage_tail, "postbox-forwarder", POSTBOX_VERSION);
+  if (cmd.print_and_exit) return cmd;
 
   const auto mode = vm["mode"].as<std::string>();
   if (mode != "pubsub" && mode != "pipeline") {

@@ -9,6 +9,8 @@
 #include <postbox/detail/socket.hpp>
 #include <postbox/error.hpp>
 
+#include "control.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <deque>
@@ -1200,24 +1202,16 @@ struct queue_device::impl {
   // ------------------------------------------------------------ control
 
   void serve_control() {
-    zmq::message_t parts[3];
-    const auto got = control->receive(parts, 3, milliseconds(0));
-    if (!got.got) return;
+    control_endpoint::request r;
+    const auto got = control_endpoint::receive(*control, max_control_request, r);
+    if (got == control_endpoint::received::none) return;
     ++dstats.control_requests;
-    const bool with_delimiter = got.count == 3;
-    if ((got.count != 2 && got.count != 3) || (with_delimiter && parts[1].size() != 0) ||
-        parts[got.count - 1].size() > max_control_request) {
+    if (got == control_endpoint::received::malformed) {
       ++dstats.control_rejected;
       log.fault("control", "refused a malformed control request");
       return;
     }
-    const std::string request(static_cast<const char*>(parts[got.count - 1].data()),
-                              parts[got.count - 1].size());
-    const std::string answer = control_answer(request);
-    void* s = control->socket.handle();
-    (void)zmq_msg_send(parts[0].handle(), s, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    if (with_delimiter) (void)zmq_send(s, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    (void)zmq_send(s, answer.data(), answer.size(), ZMQ_DONTWAIT);
+    control_endpoint::answer(*control, r, control_answer(r.text));
   }
 
   std::string control_answer(const std::string& request) {

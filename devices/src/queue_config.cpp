@@ -6,10 +6,7 @@
 #include <postbox/endpoint.hpp>
 #include <postbox/error.hpp>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
+#include "command_line.hpp"
 
 #include <boost/program_options.hpp>
 
@@ -88,33 +85,11 @@ std::chrono::milliseconds positive_ms(const po::variables_map& vm, const char* n
 
 queue_command load_queue_config(int argc, const char* const* argv) {
   const auto desc = describe();
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("config")) {
-      const auto path = vm["config"].as<std::string>();
-      std::ifstream file(path);
-      if (!file) {
-        throw config_error("cannot read config file \"" + path + "\": " + std::strerror(errno));
-      }
-      po::store(po::parse_config_file(file, desc), vm);
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw config_error(e.what());
-  }
-
+  const auto vm = cli::parse_command_line(argc, argv, desc);
   queue_command cmd;
-  if (vm.count("help")) {
-    std::ostringstream text;
-    text << usage_head << desc << usage_tail;
-    cmd.print_and_exit = text.str();
-    return cmd;
-  }
-  if (vm.count("version")) {
-    cmd.print_and_exit = "postbox-queue " POSTBOX_VERSION "\n";
-    return cmd;
-  }
+  cmd.print_and_exit =
+      cli::help_or_version(vm, desc, usage_head, usage_tail, "postbox-queue", POSTBOX_VERSION);
+  if (cmd.print_and_exit) return cmd;
 
   auto& c = cmd.config;
   auto endpoint = [&vm](const char* name, bool optional) {
