@@ -80,8 +80,10 @@ struct producer::impl {
   // that messages with one key reach the device in order.
   bool send_untransmitted() {
     if (untransmitted == 0) return true;
-    for (auto& [seq, p] : unconfirmed) {
-      if (!p.transmitted && !transmit(p)) return false;
+    // The untransmitted messages are the newest ones: start after the last sent.
+    for (auto it = unconfirmed.upper_bound(transmitted_upto); it != unconfirmed.end(); ++it) {
+      if (!it->second.transmitted && !transmit(it->second)) return false;
+      transmitted_upto = it->first;
       if (untransmitted == 0) break;
     }
     return true;
@@ -216,6 +218,7 @@ struct producer::impl {
   std::map<std::uint64_t, pending> unconfirmed;
   std::uint64_t next_seq = 0;
   std::size_t untransmitted = 0;  // pending messages never handed to libzmq
+  std::uint64_t transmitted_upto = 0;  // every seq up to this one was handed to libzmq
   steady::time_point next_check{};
   wire::writer command;
   std::string envelope;

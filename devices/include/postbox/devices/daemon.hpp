@@ -3,10 +3,15 @@
 // and SIGTERM, and the exit codes.
 #pragma once
 
+#include <postbox/context.hpp>
+#include <postbox/error.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -54,5 +59,40 @@ class logger {
 /// Sets `stop` when SIGINT or SIGTERM arrives (and ignores SIGPIPE). The flag
 /// must outlive the process's use of these handlers.
 void stop_on_signals(std::atomic<bool>& stop);
+
+/// The whole main() of a daemon: parse argv with `load` (a command with
+/// `config` and `print_and_exit`), construct Device, run it until SIGINT or
+/// SIGTERM, and map each failure to its exit code with a one-line message.
+template <class Device, class Load>
+int daemon_main(const char* program, int argc, char** argv, Load load) {
+  std::atomic<bool> stop{false};
+  context ctx;  // declared first: it must outlive the device's sockets
+  std::optional<Device> device;
+  try {
+    auto cmd = load(argc, argv);
+    if (cmd.print_and_exit) {
+      std::fputs(cmd.print_and_exit->c_str(), stdout);
+      return exit_ok;
+    }
+    device.emplace(ctx, std::move(cmd.config));
+  } catch (const config_error& e) {
+    std::fprintf(stderr, "%s: %s (see --help)\n", program, e.what());
+    return exit_usage_error;
+  } catch (const error& e) {  // an address in use, a locked or corrupt data directory
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return exit_usage_error;
+  } catch (const std::exception& e) {  // out of sockets, memory, file handles
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return exit_runtime_error;
+  }
+  try {
+    stop_on_signals(stop);
+    device->run(stop);
+    return exit_ok;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return exit_runtime_error;
+  }
+}
 
 }  // namespace postbox::devices
