@@ -1,0 +1,642 @@
+// postbox-bench-queue: the queue device (docs/queue-device.md) end to end,
+// beside the two ceilings under it, all measured in the same run:
+//   a) raw libzmq: DEALER -> ROUTER, one-way 100-byte messages over tcp loopback;
+//   b) the spool: appends of 100-byte records under fsync_policy::always
+//      (group commit), several appenders, as postbox-bench-spool measures it;
+//   c) the device in-process on its own thread, data on a real disk, fsync
+//      always: producers (send_async, a window of unconfirmed messages) and
+//      1, then 4, acking consumers on their own threads, all over tcp
+//      127.0.0.1; messages/s from the first send to the last ack, every
+//      message checked delivered at least once (duplicates counted);
+//   d) latency at half of (c)'s best rate: a paced producer stamps each
+//      payload with its send time; delivery latency is send_async -> the
+//      consumer's receive (it includes the fdatasync before a message can be
+//      delivered), confirm latency is send_async -> the confirm callback.
+//
+// usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]
+//                            [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]
+//                            [--e2e-only CONSUMERS]
+#include <postbox/devices/queue.hpp>
+#include <postbox/postbox.hpp>
+#include <postbox/queue_client.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <pthread.h>
+#include <string>
+#include <string_view>
+#include <sys/vfs.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <zmq.hpp>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+namespace fs = std::filesystem;
+
+constexpr std::size_t message_size = 100;
+constexpr const char* queue_name = "bench";
+constexpr std::uint64_t warm_up = ~std::uint64_t{0};  // the index of a producer's warm-up message
+
+double seconds_between(clock_type::time_point a, clock_type::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
+      .count();
+}
+
+struct config {
+  fs::path dir;
+  std::uint64_t messages = 500'000;
+  std::uint64_t raw_messages = 2'000'000;
+  std::uint64_t spool_records = 500'000;
+  int spool_appenders = 4;
+  int producers = 2;
+  std::size_t window = 4'000;
+  std::uint32_t prefetch = 1'000;
+  double latency_seconds = 3.0;
+  int consumers_only = 1;  // --e2e-only: consumers of the single run
+  double latency_rate = 0;  // --latency-rate: pace (d) here instead of at half of (c)
+};
+
+// ---------------------------------------------------------------- payloads
+
+// [0, 8): the message's index; [8, 16): steady-clock send time in ns; then filler.
+std::string make_payload(std::uint64_t index, std::int64_t sent_ns) {
+  std::string p(message_size, 'x');
+  std::memcpy(p.data(), &index, sizeof index);
+  std::memcpy(p.data() + 8, &sent_ns, sizeof sent_ns);
+  return p;
+}
+
+bool read_payload(std::string_view p, std::uint64_t& index, std::int64_t& sent_ns) {
+  if (p.size() < 16) return false;
+  std::memcpy(&index, p.data(), sizeof index);
+  std::memcpy(&sent_ns, p.data() + 8, sizeof sent_ns);
+  return true;
+}
+
+struct percentiles {
+  double p50_ms = 0, p99_ms = 0, max_ms = 0;
+  std::size_t samples = 0;
+};
+
+percentiles summarise(std::vector<std::int64_t> ns) {
+  percentiles r;
+  r.samples = ns.size();
+  if (ns.empty()) return r;
+  std::sort(ns.begin(), ns.end());
+  auto at = [&ns](double q) {
+    const auto i = std::min(ns.size() - 1, static_cast<std::size_t>(q * static_cast<double>(ns.size())));
+    return static_cast<double>(ns[i]) / 1e6;
+  };
+  r.p50_ms = at(0.50);
+  r.p99_ms = at(0.99);
+  r.max_ms = static_cast<double>(ns.back()) / 1e6;
+  return r;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// ---------------------------------------------------------------- a) libzmq
+
+// One-way DEALER -> ROUTER over tcp loopback, 100-byte frames, messages/s
+// from the first send to the last receive.
+double raw_zmq(std::uint64_t n) {
+  zmq::context_t sctx(1), rctx(1);
+  zmq::socket_t router(rctx, zmq::socket_type::router), dealer(sctx, zmq::socket_type::dealer);
+  for (auto* s : {&router, &dealer}) {
+    s->set(zmq::sockopt::sndhwm, 0);
+    s->set(zmq::sockopt::rcvhwm, 0);
+    s->set(zmq::sockopt::linger, 0);
+  }
+  router.bind("tcp://127.0.0.1:*");
+  dealer.connect(router.get(zmq::sockopt::last_endpoint));
+  const std::string frame(message_size, 'z');
+  zmq::message_t id, body;
+  dealer.send(zmq::str_buffer("hello"), zmq::send_flags::none);  // the connection is up: start
+  (void)router.recv(id);
+  (void)router.recv(body);
+  clock_type::time_point end;
+  std::thread receiver([&] {
+    zmq::message_t rid, rbody;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      (void)router.recv(rid);
+      (void)router.recv(rbody);
+    }
+    end = clock_type::now();
+  });
+  const auto start = clock_type::now();
+  for (std::uint64_t i = 0; i < n; ++i) dealer.send(zmq::buffer(frame), zmq::send_flags::none);
+  receiver.join();
+  return static_cast<double>(n) / seconds_between(start, end);
+}
+
+// ---------------------------------------------------------------- b) spool
+
+struct spool_result {
+  double records_per_s = 0;
+  double records_per_fsync = 0;
+};
+
+// bench/spool_bench.cpp's append measure: `appenders` threads append
+// 100-byte records under fsync_policy::always; messages/s until the last
+// callback (each callback runs after the fdatasync covering its record).
+spool_result spool_ceiling(const fs::path& dir, std::uint64_t records, int appenders) {
+  postbox::spool s(dir, {.segment_size = postbox::devices::queue_config{}.segment_size,
+                         .fsync = postbox::fsync_policy::always});
+  const std::string payload(message_size, 'p');
+  std::atomic<std::uint64_t> done{0}, failed{0};
+  const std::uint64_t per_thread = records / static_cast<std::uint64_t>(appenders);
+  const std::uint64_t total = per_thread * static_cast<std::uint64_t>(appenders);
+  const auto before = s.stats();
+  const auto t0 = clock_type::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < appenders; ++t)
+    ts.emplace_back([&] {
+      for (std::uint64_t i = 0; i < per_thread; ++i)
+        if (s.append(payload, [&](const postbox::append_outcome& o) {
+              if (o.error) ++failed;
+              if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == total) done.notify_all();
+            }) != postbox::append_status::queued) {
+          ++failed;
+          if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == total) done.notify_all();
+        }
+    });
+  for (auto& t : ts) t.join();
+  for (auto d = done.load(); d != total; d = done.load()) done.wait(d);
+  const double secs = seconds_between(t0, clock_type::now());
+  const auto after = s.stats();
+  if (failed.load() != 0)
+    std::printf("  WARNING: %llu spool appends failed\n", static_cast<unsigned long long>(failed.load()));
+  spool_result r;
+  r.records_per_s = static_cast<double>(total) / secs;
+  r.records_per_fsync = static_cast<double>(total) /
+                        static_cast<double>(std::max<std::uint64_t>(1, after.fsyncs - before.fsyncs));
+  return r;
+}
+
+// ---------------------------------------------------------------- the device
+
+// The number after "field": in a stats answer, of queue `queue` when given,
+// else of the device (the fields after the queues array).
+std::optional<std::uint64_t> json_field(const std::string& json, std::string_view field,
+                                        std::string_view queue = {}) {
+  std::size_t from = 0, to = json.size();
+  if (!queue.empty()) {
+    from = json.find("{\"name\":\"" + std::string(queue) + "\"");
+    if (from == std::string::npos) return std::nullopt;
+    to = json.find('}', from);
+  } else {
+    from = json.rfind("],\"consumers\"");
+    if (from == std::string::npos) return std::nullopt;
+    ++from;
+  }
+  const std::string needle = "\"" + std::string(field) + "\":";
+  const auto at = json.find(needle, from);
+  if (at == std::string::npos || at > to) return std::nullopt;
+  std::size_t p = at + needle.size();
+  if (p >= json.size() || json[p] < '0' || json[p] > '9') return std::nullopt;
+  std::uint64_t v = 0;
+  for (; p < json.size() && json[p] >= '0' && json[p] <= '9'; ++p)
+    v = v * 10 + static_cast<std::uint64_t>(json[p] - '0');
+  return v;
+}
+
+// The device on its own thread, with a control endpoint the bench asks for stats.
+class running_device {
+ public:
+  explicit running_device(const fs::path& data) : device_(ctx_, make_config(data)) {
+    thread_ = std::thread([this] {
+      ::pthread_setname_np(::pthread_self(), "qb-device");  // its spools' writers inherit it
+      device_.run(stop_);
+    });
+    req_ctx_ = std::make_unique<zmq::context_t>(1);
+  }
+  ~running_device() {
+    req_.reset();
+    req_ctx_.reset();
+    stop_ = true;
+    thread_.join();
+  }
+  running_device(const running_device&) = delete;
+  running_device& operator=(const running_device&) = delete;
+
+  [[nodiscard]] std::string clients() const { return ">" + device_.client_endpoints().front(); }
+
+  // The "stats" answer, or empty when none came within a second.
+  std::string stats() {
+    if (!req_) {
+      req_.emplace(*req_ctx_, zmq::socket_type::req);
+      req_->set(zmq::sockopt::linger, 0);
+      req_->set(zmq::sockopt::rcvtimeo, 1000);
+      req_->connect(device_.control_endpoints().front());
+    }
+    zmq::message_t reply;
+    if (!req_->send(zmq::str_buffer("stats"), zmq::send_flags::none) || !req_->recv(reply)) {
+      req_.reset();
+      return {};
+    }
+    return reply.to_string();
+  }
+
+ private:
+  static postbox::devices::queue_config make_config(const fs::path& data) {
+    postbox::devices::queue_config c;
+    c.clients = "@tcp://127.0.0.1:*";
+    c.control = "@tcp://127.0.0.1:*";
+    c.data_dir = data;
+    c.fsync = postbox::fsync_policy::always;
+    c.log = postbox::devices::log_level::warn;
+    c.stats_interval = std::chrono::seconds(0);
+    return c;
+  }
+
+  postbox::context ctx_;
+  postbox::devices::queue_device device_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::unique_ptr<zmq::context_t> req_ctx_;
+  std::optional<zmq::socket_t> req_;
+};
+
+struct e2e_result {
+  bool complete = false;
+  double rate = 0;          // first send -> the ack of the last message not yet seen
+  double confirm_rate = 0;  // first send -> the last confirm
+  double offered_rate = 0;  // first send -> the last send_async returned
+  std::uint64_t sent = 0, confirmed = 0, refused = 0, timed_out = 0, resent = 0;
+  std::uint64_t received = 0, unique = 0, duplicates = 0, redelivered = 0, bad = 0;
+  std::uint64_t device_enqueued = 0, device_acked = 0, device_depth = 0, device_dup = 0;
+  std::uint64_t fsync_p50_us = 0, fsync_max_us = 0;
+  std::uint64_t warm_ups = 0;     // one per producer, not counted elsewhere
+  std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
+  percentiles delivery, confirmation;
+};
+
+// `rate` > 0: one paced producer at `rate` messages/s (the latency run);
+// otherwise cfg.producers producers as fast as their windows allow.
+e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int consumers,
+                   double rate) {
+  e2e_result r;
+  const bool paced = rate > 0;
+  const int producers = paced ? 1 : cfg.producers;
+  running_device dev(data);
+  const std::string ep = dev.clients();
+
+  std::vector<std::atomic<std::uint8_t>> seen(n);
+  std::atomic<std::uint64_t> unique{0}, received{0}, duplicates{0}, redelivered{0}, bad{0};
+  std::atomic<std::int64_t> last_ack_ns{0};
+  std::atomic<bool> stop_consumers{false};
+  std::atomic<int> consumers_up{0};
+  std::vector<std::vector<std::int64_t>> delivery_lat(static_cast<std::size_t>(consumers));
+  std::atomic<std::uint64_t> warm_ups{0}, warm_up_failed{0};
+
+  std::vector<std::thread> cts;
+  for (int ci = 0; ci < consumers; ++ci) {
+    cts.emplace_back([&, ci] {
+      ::pthread_setname_np(::pthread_self(), "qb-consumer");  // its I/O thread inherits it
+      postbox::context ctx;
+      postbox::consumer_options co;
+      co.prefetch = cfg.prefetch;
+      postbox::consumer c(ctx, ep, {queue_name}, co);
+      auto& lat = delivery_lat[static_cast<std::size_t>(ci)];
+      if (paced) lat.reserve(n / static_cast<std::uint64_t>(consumers) + 1024);
+      ++consumers_up;
+      while (!stop_consumers.load(std::memory_order_relaxed)) {
+        auto d = c.receive(milliseconds(50));
+        if (!d) continue;
+        const std::int64_t got = now_ns();
+        received.fetch_add(1, std::memory_order_relaxed);
+        std::uint64_t index = 0;
+        std::int64_t sent_ns = 0;
+        if (read_payload(d->msg.payload(), index, sent_ns) && index == warm_up) {
+          ++warm_ups;
+        } else if (!read_payload(d->msg.payload(), index, sent_ns) || index >= n) {
+          bad.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          if (d->attempt > 0) redelivered.fetch_add(1, std::memory_order_relaxed);
+          if (paced) lat.push_back(got - sent_ns);
+          if (seen[index].fetch_add(1, std::memory_order_relaxed) == 0) {
+            c.ack(*d);
+            if (unique.fetch_add(1, std::memory_order_acq_rel) + 1 == n) last_ack_ns = now_ns();
+            continue;
+          }
+          duplicates.fetch_add(1, std::memory_order_relaxed);
+        }
+        c.ack(*d);
+      }
+    });  // the consumer's destructor says bye after flushing its acks
+  }
+
+  // Start once the device knows every consumer, so the first deliveries are
+  // shared out as in steady state.
+  {
+    const auto give_up = clock_type::now() + std::chrono::seconds(10);
+    while (clock_type::now() < give_up) {
+      const auto js = dev.stats();
+      if (consumers_up.load() == consumers && json_field(js, "consumers").value_or(0) >= static_cast<std::uint64_t>(consumers)) break;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
+
+  std::atomic<std::uint64_t> confirmed{0}, refused{0}, timed_out{0}, resent{0}, late{0};
+  std::atomic<std::int64_t> last_confirm_ns{0}, last_send_ns{0};
+  std::atomic<int> producers_done{0}, producers_up{0};
+  std::atomic<bool> go{false};
+  std::atomic<std::int64_t> go_ns{0};
+  std::vector<std::int64_t> confirm_lat;
+  if (paced) confirm_lat.reserve(n);
+  std::vector<std::thread> pts;
+  for (int pi = 0; pi < producers; ++pi) {
+    pts.emplace_back([&, pi] {
+      ::pthread_setname_np(::pthread_self(), "qb-producer");
+      postbox::context ctx;
+      postbox::producer_options po;
+      po.window = cfg.window;
+      postbox::producer p(ctx, ep, queue_name, po);
+      // One confirmed warm-up message (index warm_up) so that the connection
+      // is up before the clock starts; the consumers ack it and do not count it.
+      if (!p.send(postbox::message(queue_name, make_payload(warm_up, 0))).ok) ++warm_up_failed;
+      const std::uint64_t resent_before = p.stats().resent;
+      ++producers_up;
+      go.wait(false);
+      const std::int64_t start_ns = go_ns.load();
+      const std::uint64_t first = n * static_cast<std::uint64_t>(pi) / static_cast<std::uint64_t>(producers);
+      const std::uint64_t last = n * static_cast<std::uint64_t>(pi + 1) / static_cast<std::uint64_t>(producers);
+      auto on_confirm = [&](const postbox::confirm& c, std::int64_t sent_ns) {
+        const std::int64_t t = now_ns();
+        if (c.ok) {
+          if (paced) confirm_lat.push_back(t - sent_ns);  // this producer's thread only
+        } else if (c.reason == "timed out") {
+          ++timed_out;
+        } else {
+          ++refused;
+        }
+        if (confirmed.fetch_add(1, std::memory_order_acq_rel) + 1 == n) last_confirm_ns = t;
+      };
+      std::uint64_t i = first;
+      while (i < last) {
+        std::uint64_t until = last;
+        if (paced) {
+          // Send what the schedule says is due by now, then service confirms.
+          const double elapsed = static_cast<double>(now_ns() - start_ns) / 1e9;
+          until = std::min<std::uint64_t>(last, static_cast<std::uint64_t>(elapsed * rate) + 1);
+          if (i + static_cast<std::uint64_t>(rate / 1000) < until) late += until - i;
+        }
+        for (; i < until; ++i) {
+          const std::int64_t t = now_ns();
+          p.send_async(postbox::message(queue_name, make_payload(i, t)),
+                       [&on_confirm, t](const postbox::confirm& c) { on_confirm(c, t); });
+          if (paced && (i & 63) == 0) (void)p.poll(milliseconds(0));
+        }
+        if (paced) {
+          (void)p.poll(milliseconds(0));
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+      }
+      std::int64_t t = now_ns();
+      for (std::int64_t prev = last_send_ns.load(); prev < t && !last_send_ns.compare_exchange_weak(prev, t);) {
+      }
+      (void)p.flush(std::chrono::seconds(60));
+      resent += p.stats().resent - resent_before;
+      ++producers_done;
+      // Keep the producer (and its socket) until nothing is unconfirmed.
+    });
+  }
+
+  {
+    const auto give_up = clock_type::now() + std::chrono::seconds(10);
+    while (producers_up.load() < producers && clock_type::now() < give_up)
+      std::this_thread::sleep_for(milliseconds(1));
+  }
+  const std::int64_t start_ns = now_ns();
+  go_ns = start_ns;
+  go = true;
+  go.notify_all();
+
+  // Wait for every message acked and confirmed; give up after 20 s without progress.
+  std::uint64_t last_progress = 0;
+  auto progress_at = clock_type::now();
+  while (true) {
+    const std::uint64_t u = unique.load(), c = confirmed.load();
+    if (u == n && producers_done.load() == producers) break;
+    if (u + c != last_progress) {
+      last_progress = u + c;
+      progress_at = clock_type::now();
+    } else if (clock_type::now() - progress_at > std::chrono::seconds(20)) {
+      std::printf("  STALLED: %llu of %llu messages acked, %llu confirmed, 20 s without progress\n",
+                  static_cast<unsigned long long>(u), static_cast<unsigned long long>(n),
+                  static_cast<unsigned long long>(c));
+      std::printf("  device stats: %s\n", dev.stats().c_str());
+      break;
+    }
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  for (auto& t : pts) t.join();
+  r.complete = unique.load() == n;
+
+  // The device's own account, once the last acks have reached it.
+  std::string js;
+  {
+    const auto give_up = clock_type::now() + std::chrono::seconds(10);
+    do {
+      js = dev.stats();
+      if (json_field(js, "acked", queue_name).value_or(0) >= n + static_cast<std::uint64_t>(producers)) break;
+      std::this_thread::sleep_for(milliseconds(5));
+    } while (clock_type::now() < give_up);
+  }
+  stop_consumers = true;
+  for (auto& t : cts) t.join();
+
+  auto rate_to = [&](std::int64_t end_ns) {
+    return end_ns > start_ns ? static_cast<double>(n) / (static_cast<double>(end_ns - start_ns) / 1e9) : 0.0;
+  };
+  r.rate = r.complete ? rate_to(last_ack_ns.load()) : 0;
+  r.confirm_rate = confirmed.load() == n ? rate_to(last_confirm_ns.load()) : 0;
+  r.offered_rate = rate_to(last_send_ns.load());
+  r.sent = n;
+  r.confirmed = confirmed.load() - refused.load() - timed_out.load();
+  r.refused = refused.load();
+  r.timed_out = timed_out.load();
+  r.resent = resent.load();
+  r.received = received.load();
+  r.unique = unique.load();
+  r.duplicates = duplicates.load();
+  r.redelivered = redelivered.load();
+  r.bad = bad.load() + warm_up_failed.load();
+  r.warm_ups = warm_ups.load();
+  r.late_sends = late.load();
+  r.device_enqueued = json_field(js, "enqueued", queue_name).value_or(0);
+  r.device_acked = json_field(js, "acked", queue_name).value_or(0);
+  r.device_depth = json_field(js, "depth", queue_name).value_or(0);
+  r.device_dup = json_field(js, "duplicates", queue_name).value_or(0);
+  r.fsync_p50_us = json_field(js, "fsync_p50_us", queue_name).value_or(0);
+  r.fsync_max_us = json_field(js, "fsync_max_us", queue_name).value_or(0);
+  if (paced) {
+    std::vector<std::int64_t> all;
+    for (auto& v : delivery_lat) all.insert(all.end(), v.begin(), v.end());
+    r.delivery = summarise(std::move(all));
+    r.confirmation = summarise(std::move(confirm_lat));
+  }
+  return r;
+}
+
+void print_e2e(const char* what, const e2e_result& r) {
+  std::printf("  %-22s %10.0f msg/s end to end  (confirms %.0f msg/s, sends %.0f msg/s)\n", what,
+              r.rate, r.confirm_rate, r.offered_rate);
+  std::printf("  %-22s confirmed %llu/%llu refused %llu timed-out %llu resent %llu | received %llu "
+              "unique %llu dup %llu redelivered %llu bad %llu%s\n",
+              "", static_cast<unsigned long long>(r.confirmed), static_cast<unsigned long long>(r.sent),
+              static_cast<unsigned long long>(r.refused), static_cast<unsigned long long>(r.timed_out),
+              static_cast<unsigned long long>(r.resent), static_cast<unsigned long long>(r.received),
+              static_cast<unsigned long long>(r.unique), static_cast<unsigned long long>(r.duplicates),
+              static_cast<unsigned long long>(r.redelivered), static_cast<unsigned long long>(r.bad),
+              r.complete ? "" : "  INCOMPLETE");
+  std::printf("  %-22s device (incl. %llu warm-up): enqueued %llu acked %llu depth %llu dedup-hits %llu, "
+              "append->durable p50 %llu us max %llu us\n",
+              "", static_cast<unsigned long long>(r.warm_ups), static_cast<unsigned long long>(r.device_enqueued),
+              static_cast<unsigned long long>(r.device_acked), static_cast<unsigned long long>(r.device_depth),
+              static_cast<unsigned long long>(r.device_dup), static_cast<unsigned long long>(r.fsync_p50_us),
+              static_cast<unsigned long long>(r.fsync_max_us));
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]\n"
+               "                           [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]\n"
+               "                           [--e2e-only CONSUMERS]\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  config cfg;
+  bool quick = false, messages_set = false, e2e_only = false, latency_seconds_set = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--quick") quick = true;
+    else if (a == "--latency-rate" && has_value) cfg.latency_rate = std::max(0.0, std::atof(argv[++i]));
+    else if (a == "--e2e-only" && has_value) e2e_only = true, cfg.consumers_only = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--dir" && has_value) cfg.dir = argv[++i];
+    else if (a == "--messages" && has_value) cfg.messages = std::strtoull(argv[++i], nullptr, 10), messages_set = true;
+    else if (a == "--producers" && has_value) cfg.producers = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--window" && has_value) cfg.window = std::max<std::size_t>(1, std::strtoull(argv[++i], nullptr, 10));
+    else if (a == "--prefetch" && has_value) cfg.prefetch = static_cast<std::uint32_t>(std::max(1, std::atoi(argv[++i])));
+    else if (a == "--latency-seconds" && has_value) cfg.latency_seconds = std::max(0.1, std::atof(argv[++i])), latency_seconds_set = true;
+    else return usage();
+  }
+  if (quick) {
+    if (!messages_set) cfg.messages = 50'000;
+    cfg.raw_messages = 200'000;
+    cfg.spool_records = 100'000;
+    if (!latency_seconds_set) cfg.latency_seconds = 0.5;
+  }
+  if (cfg.messages == 0) return usage();
+#ifndef NDEBUG
+  std::printf("WARNING: built without optimisation (NDEBUG unset); figures are not representative\n");
+#endif
+  if (cfg.dir.empty()) cfg.dir = fs::current_path() / ("postbox-bench-queue." + std::to_string(::getpid()));
+  fs::create_directories(cfg.dir);
+  struct statfs sfs {};
+  if (::statfs(cfg.dir.c_str(), &sfs) == 0 && sfs.f_type == 0x01021994 /* TMPFS_MAGIC */)
+    std::printf("WARNING: %s is tmpfs, which ignores fsync; use --dir on a real disk\n", cfg.dir.c_str());
+  std::printf("postbox-bench-queue: %zu-byte messages, fsync always (group commit), directory %s\n",
+              message_size, cfg.dir.c_str());
+  std::printf("  %llu messages per end-to-end run, %d producer(s) window %zu, consumer prefetch %u, "
+              "%u hardware threads\n\n",
+              static_cast<unsigned long long>(cfg.messages), cfg.producers, cfg.window, cfg.prefetch,
+              std::thread::hardware_concurrency());
+
+  if (e2e_only) {
+    const auto only = run_e2e(cfg.dir / "e2e", cfg, cfg.messages, cfg.consumers_only, 0);
+    fs::remove_all(cfg.dir);
+    print_e2e(cfg.consumers_only == 1 ? "1 consumer" : "consumers", only);
+    return only.complete ? 0 : 1;
+  }
+
+  std::printf("a) raw libzmq, DEALER -> ROUTER one-way, tcp 127.0.0.1\n");
+  std::vector<double> zr;
+  for (int round = 0; round < 3; ++round) zr.push_back(raw_zmq(cfg.raw_messages));
+  const double zmq_rate = median(zr);
+  std::printf("  %-22s %10.0f msg/s  (median of 3 x %llu)\n\n", "libzmq", zmq_rate,
+              static_cast<unsigned long long>(cfg.raw_messages));
+
+  std::printf("b) spool ceiling, append under fsync always\n");
+  const auto sp4 = spool_ceiling(cfg.dir / "spool4", cfg.spool_records, cfg.spool_appenders);
+  fs::remove_all(cfg.dir / "spool4");
+  const auto sp1 = spool_ceiling(cfg.dir / "spool1", cfg.spool_records, 1);
+  fs::remove_all(cfg.dir / "spool1");
+  const double spool_rate = std::max(sp4.records_per_s, sp1.records_per_s);
+  std::printf("  %-22s %10.0f msg/s  %.0f records per fdatasync\n",
+              (std::to_string(cfg.spool_appenders) + " appenders").c_str(), sp4.records_per_s,
+              sp4.records_per_fsync);
+  std::printf("  %-22s %10.0f msg/s  %.0f records per fdatasync (the device appends from one thread)\n\n",
+              "1 appender", sp1.records_per_s, sp1.records_per_fsync);
+
+  std::printf("c) queue device end to end: %d producer(s) confirmed, consumers acking, tcp\n",
+              cfg.producers);
+  const auto c1 = run_e2e(cfg.dir / "e2e-1", cfg, cfg.messages, 1, 0);
+  fs::remove_all(cfg.dir / "e2e-1");
+  print_e2e("1 consumer", c1);
+  const auto c4 = run_e2e(cfg.dir / "e2e-4", cfg, cfg.messages, 4, 0);
+  fs::remove_all(cfg.dir / "e2e-4");
+  print_e2e("4 consumers", c4);
+  const double best = std::max(c1.rate, c4.rate);
+  const int best_consumers = c4.rate > c1.rate ? 4 : 1;
+  std::printf("  %-22s 1 consumer %.3f of libzmq, %.3f of the spool; 4 consumers %.3f of libzmq, %.3f of the spool\n\n",
+              "ratios", c1.rate / zmq_rate, c1.rate / spool_rate, c4.rate / zmq_rate, c4.rate / spool_rate);
+
+  percentiles del, conf;
+  double lat_rate = cfg.latency_rate > 0 ? cfg.latency_rate : best / 2;
+  e2e_result d;
+  if (best > 0) {
+    const auto n = std::max<std::uint64_t>(1000, static_cast<std::uint64_t>(lat_rate * cfg.latency_seconds));
+    std::printf("d) latency at %s: %.0f msg/s paced, 1 producer, %d consumer(s), %llu messages\n",
+                cfg.latency_rate > 0 ? "--latency-rate" : "half the best rate", lat_rate, best_consumers,
+                static_cast<unsigned long long>(n));
+    d = run_e2e(cfg.dir / "latency", cfg, n, best_consumers, lat_rate);
+    fs::remove_all(cfg.dir / "latency");
+    del = d.delivery;
+    conf = d.confirmation;
+    print_e2e("paced", d);
+    std::printf("  %-22s p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (%zu samples)\n",
+                "send -> receive", del.p50_ms, del.p99_ms, del.max_ms, del.samples);
+    std::printf("  %-22s p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (%zu samples)\n",
+                "send -> confirm", conf.p50_ms, conf.p99_ms, conf.max_ms, conf.samples);
+    std::printf("  %-22s %llu of %llu sends were more than 1 ms behind the schedule\n\n", "pacing",
+                static_cast<unsigned long long>(d.late_sends), static_cast<unsigned long long>(n));
+  } else {
+    std::printf("d) latency: skipped, no end-to-end run completed\n\n");
+  }
+  fs::remove_all(cfg.dir);
+
+  const bool all_ok = c1.complete && c4.complete && (best <= 0 || d.complete);
+  std::printf("summary: e2e %.0f msg/s (1 consumer) %.0f msg/s (4 consumers) = %.3f of libzmq %.0f, "
+              "%.3f of spool %.0f; at %.0f msg/s p50 %.2f ms p99 %.2f ms (confirm p99 %.2f ms); "
+              "target 400000 msg/s %s, p99 < 5 ms %s%s\n",
+              c1.rate, c4.rate, best / zmq_rate, zmq_rate, best / spool_rate, spool_rate, lat_rate,
+              del.p50_ms, del.p99_ms, conf.p99_ms, best >= 400'000 ? "met" : "NOT met",
+              del.samples > 0 && del.p99_ms < 5.0 ? "met" : "NOT met",
+              all_ok ? "" : "; SOME RUNS INCOMPLETE");
+  return all_ok ? 0 : 1;
+}
