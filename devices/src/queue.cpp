@@ -222,7 +222,9 @@ struct queue_device::impl {
     std::multimap<std::uint64_t, entry> timers;  // by not_before_us; records dropped
     std::unordered_map<std::string, key_state> keys;
     std::unordered_map<std::uint64_t, attempt_info> attempt_log;  // by message position
-    std::unordered_set<std::uint64_t> busy;  // positions in flight or being moved
+    // Positions a redrive or a dead-lettering must not touch: a dead-letter
+    // queue's deliveries in flight, and records being moved.
+    std::unordered_set<std::uint64_t> busy;
     std::size_t buffered = 0, buffered_bytes = 0;
     std::vector<std::string> consumers;  // routing ids, round-robin
     std::size_t next_consumer = 0;
@@ -325,6 +327,7 @@ struct queue_device::impl {
     }
     if (config.heartbeat_liveness == 0) bad("heartbeat liveness must be at least 1");
     if (config.dedup_window.count() < 0) bad("the de-duplication window cannot be negative");
+    if (config.dedup_max_ids == 0) bad("dedup_max_ids must be positive (a zero window turns it off)");
     if (config.buffer_messages == 0 || config.buffer_bytes == 0) bad("buffers must be positive");
     if (config.max_queues == 0) bad("max queues must be at least 1");
     if (config.max_message_size < 64) bad("max message size must be at least 64 bytes");
@@ -445,7 +448,7 @@ struct queue_device::impl {
       const auto s = c.next(r);
       if (s == read_status::end) break;
       if (s != read_status::ok || !parse_record(r.data, f) || f.enqueued_us < horizon) continue;
-      remember(f.id, f.enqueued_us / 1000, true);
+      (void)remember(f.id, f.enqueued_us / 1000, true);
     }
   }
 
@@ -456,17 +459,19 @@ struct queue_device::impl {
     bool durable;
   };
 
-  void remember(const message_id& id, std::uint64_t at_ms, bool durable) {
-    if (config.dedup_window.count() == 0) return;
+  // Adds `id` to the window; returns its entry when it was already there.
+  const dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
+    if (config.dedup_window.count() == 0) return nullptr;
     const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
     auto [it, fresh] = dedup.try_emplace(id, dedup_entry{expires, durable});
-    if (!fresh) return;
+    if (!fresh) return &it->second;
     dedup_order.emplace_back(expires, id);
-    while (dedup.size() > config.dedup_max_ids) {
+    if (dedup.size() > config.dedup_max_ids) {
       dedup.erase(dedup_order.front().second);
       dedup_order.pop_front();
       ++dedup_evicted;
     }
+    return nullptr;
   }
 
   void expire_dedup(std::uint64_t now_ms) {
@@ -684,13 +689,13 @@ struct queue_device::impl {
       log.fault("max-queues", "refused queue " + qname + ": max_queues reached");
       return;
     }
-    if (auto d = dedup.find(scratch.id()); d != dedup.end()) {
+    const std::uint64_t now = now_us();
+    if (const dedup_entry* d = remember(scratch.id(), now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
-      if (d->second.durable && kind == ticket_kind::publish) confirms[peer].push_back(seq);
+      if (d->durable && kind == ticket_kind::publish) confirms[peer].push_back(seq);
       return;
     }
-    const std::uint64_t now = now_us();
     record_fields f;
     f.enqueued_us = now;
     f.not_before_us = delay_ms > 0 ? now + delay_ms * 1000 : 0;
@@ -702,12 +707,12 @@ struct queue_device::impl {
     std::string why;
     ticket t{kind, q, peer, seq, f.id, {}, {}, 0, {}};
     if (!append(*q->messages, record_buf, std::move(t), &why)) {
+      dedup.erase(f.id);  // not enqueued: a resend must be taken
       ++q->st.refused;
       if (kind == ticket_kind::publish) refuse(peer, seq, why);
       log.fault("append", "queue " + q->name + ": " + why);
       return;
     }
-    remember(f.id, now / 1000, false);
   }
 
   queue* open_or_refuse(const std::string& name) {
@@ -777,7 +782,7 @@ struct queue_device::impl {
     auto it = in_flight.find(tag);
     flight f = std::move(it->second);
     in_flight.erase(it);
-    f.q->busy.erase(f.e.pos.to_u64());
+    if (f.q->is_dlq) f.q->busy.erase(f.e.pos.to_u64());
     if (!f.consumer.empty()) {
       if (auto c = consumers.find(f.consumer); c != consumers.end() && c->second.in_flight > 0) {
         --c->second.in_flight;
@@ -1004,7 +1009,6 @@ struct queue_device::impl {
                                            read_buf.pos.to_string() + " skipped");
         continue;
       }
-      if (q.busy.count(read_buf.pos.to_u64()) > 0) continue;
       entry e;
       e.pos = read_buf.pos;
       e.not_before_us = f.not_before_us;
@@ -1112,7 +1116,7 @@ struct queue_device::impl {
     ++q.st.delivered;
     ++c.in_flight;
     c.last_beat_sent = steady::now();
-    q.busy.insert(e.pos.to_u64());
+    if (q.is_dlq) q.busy.insert(e.pos.to_u64());
     in_flight.emplace(tag, flight{&q, std::move(e), c.id, steady::now() + config.visibility_timeout});
     return true;
   }
@@ -1158,6 +1162,9 @@ struct queue_device::impl {
     expire_dedup(wall / 1000);
     std::vector<std::string> lost;
     for (auto& [id, c] : consumers) {
+      // Behind on its own input, the device cannot tell a silent consumer
+      // from one whose heartbeat waits in the socket behind producers' frames.
+      if (clients_backlogged) c.last_seen = std::max(c.last_seen, now - c.heartbeat);
       if (now - c.last_seen > c.heartbeat * config.heartbeat_liveness) {
         lost.push_back(id);
       } else if (now - c.last_beat_sent >= c.heartbeat) {
@@ -1403,8 +1410,12 @@ struct queue_device::impl {
   void read_clients() {
     zmq::message_t id, body, extra;
     void* s = clients->socket.handle();
+    clients_backlogged = true;  // unless the loop below finds the socket empty
     for (int i = 0; i < batch_per_wakeup; ++i) {
-      if (zmq_msg_recv(id.handle(), s, ZMQ_DONTWAIT) < 0) return;
+      if (zmq_msg_recv(id.handle(), s, ZMQ_DONTWAIT) < 0) {
+        clients_backlogged = false;
+        return;
+      }
       if (!id.more()) continue;  // cannot happen on a ROUTER; ignore
       // The rest of a message is already here (libzmq delivers whole messages).
       if (recv_part(body, s) < 0) return;
@@ -1561,6 +1572,7 @@ struct queue_device::impl {
   std::vector<completion> completions_batch;
   std::unordered_map<std::string, std::vector<std::uint64_t>> confirms;
   queue_device_stats dstats;
+  bool clients_backlogged = false;  // the last read of the clients socket left frames in it
   std::mt19937_64 rng{std::random_device{}()};
   wire::writer out;
   message scratch;

@@ -144,6 +144,9 @@ queue_command load_queue_config(int argc, const char* const* argv) {
   if (c.heartbeat_liveness == 0) throw config_error("--heartbeat-liveness must be at least 1");
   c.dedup_window = positive_ms(vm, "dedup-window", true);
   c.dedup_max_ids = vm["dedup-max-ids"].as<std::size_t>();
+  if (c.dedup_max_ids == 0) {
+    throw config_error("--dedup-max-ids must be positive (--dedup-window 0 turns de-duplication off)");
+  }
   c.buffer_messages = vm["buffer-messages"].as<std::size_t>();
   c.buffer_bytes = vm["buffer-bytes"].as<std::size_t>();
   if (c.buffer_messages == 0 || c.buffer_bytes == 0) {

@@ -30,6 +30,17 @@
 using namespace std::chrono_literals;
 using postbox::test::child;
 using postbox::test::wait_until;
+
+#if defined(__SANITIZE_ADDRESS__)
+#define POSTBOX_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define POSTBOX_UNDER_ASAN 1
+#endif
+#endif
+#ifndef POSTBOX_UNDER_ASAN
+#define POSTBOX_UNDER_ASAN 0
+#endif
 namespace fs = std::filesystem;
 using steady = std::chrono::steady_clock;
 
@@ -691,7 +702,14 @@ TEST_CASE("queue crash: a spike of producers far faster than consumers grows the
   CHECK(failed == std::vector<std::size_t>(producers, 0));
   CHECK(n_confirmed == producers * per_producer);
   CHECK(peak_kib > 0);
+#if POSTBOX_UNDER_ASAN
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB) and adds its
+  // shadow: an RSS figure then measures the sanitizer, not the device. The
+  // bound is checked in the normal build; everything else is checked here.
+  WARN("memory bound not checked under AddressSanitizer (peak " << peak_kib << " KiB)");
+#else
   CHECK(peak_kib < bound_kib);
+#endif
   // The backlog really outgrew the bound: it lived on disk, not in memory.
   CHECK(backlog * payload_size > 2 * bound_kib * 1024);
   CHECK(backlog_bytes > backlog * payload_size);
