@@ -40,6 +40,7 @@ constexpr std::size_t max_control_request = 256;
 constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before looking elsewhere
 constexpr milliseconds tick{100};
 constexpr milliseconds pause_threshold{1'000};
+constexpr std::size_t max_batch_bytes = 256 * 1024;  // deliveries to one consumer per frame
 
 std::uint64_t now_us() noexcept {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
@@ -208,6 +209,8 @@ struct queue_device::impl {
     milliseconds heartbeat{500};
     steady::time_point last_seen;
     steady::time_point last_beat_sent;
+    std::string batch;                    // "dlv" commands not sent yet
+    std::vector<std::uint64_t> batch_tags;
   };
 
   struct queue {
@@ -648,23 +651,41 @@ struct queue_device::impl {
     log.fault(std::string("reject ") + std::string(why), "refused a frame: " + std::string(why));
   }
 
-  // ["pub", seq, queue, delay_ms, ttl_ms, envelope]
-  void on_publish(const std::string& peer, wire::reader& in) {
+  // ["pub", seq, queue, delay_ms, ttl_ms, envelope]; `last`: nothing may
+  // follow it in the frame. False when malformed (counted; a batch stops).
+  bool on_publish(const std::string& peer, wire::reader& in, bool last) {
     std::uint64_t seq = 0, delay = 0, ttl = 0;
     std::string_view qname, envelope;
     if (!in.uint(seq) || !in.bytes(qname, 128) || !in.uint(delay) || !in.uint(ttl) ||
-        !in.bytes(envelope, static_cast<std::size_t>(config.max_message_size)) || !in.at_end()) {
-      return reject("malformed pub");
+        !in.bytes(envelope, static_cast<std::size_t>(config.max_message_size)) ||
+        (last && !in.at_end())) {
+      reject("malformed pub");
+      return false;
     }
     if (auto why = wire::invalid_queue_name(qname)) {
       ++dstats.producers_refused;
-      return refuse(peer, seq, "bad queue name: " + *why);
-    }
-    if (qname.ends_with(dlq_suffix)) {
+      refuse(peer, seq, "bad queue name: " + *why);
+    } else if (qname.ends_with(dlq_suffix)) {
       ++dstats.producers_refused;
-      return refuse(peer, seq, "queues ending in .dlq are dead-letter queues; publish to the source");
+      refuse(peer, seq, "queues ending in .dlq are dead-letter queues; publish to the source");
+    } else {
+      enqueue(peer, seq, std::string(qname), delay, ttl, envelope, ticket_kind::publish);
     }
-    enqueue(peer, seq, std::string(qname), delay, ttl, envelope, ticket_kind::publish);
+    return true;
+  }
+
+  // ["batch", [["pub", ...], ["pub", ...], ...]]: many messages in one frame.
+  void on_batch(const std::string& peer, wire::reader& in) {
+    std::uint32_t count = 0;
+    if (!in.array(count) || count == 0) return reject("malformed batch");
+    for (std::uint32_t i = 0; i < count; ++i) {
+      std::uint32_t n = 0;
+      std::string_view cmd;
+      if (!in.array(n) || n != 6 || !in.bytes(cmd, 16) || cmd != wire::cmd_publish) {
+        return reject("malformed batch");
+      }
+      if (!on_publish(peer, in, i + 1 == count)) return;
+    }
   }
 
   void enqueue(const std::string& peer, std::uint64_t seq, const std::string& qname,
@@ -1103,22 +1124,57 @@ struct queue_device::impl {
       finish_message(q, e.pos, e.key);
       return true;
     }
+    // Deliveries to one consumer collect in its batch, sent as one frame at
+    // the end of the loop's turn (send_batches).
     const std::uint64_t tag = next_tag++;
     out.start(wire::cmd_deliver, 4).uint(tag).str(q.name).uint(head.attempts).bin(f.envelope);
-    if (!send_to(c.id, out.view())) {
-      if (errno == EHOSTUNREACH) {
-        lose_consumer(std::string(c.id), true);
-        return true;
-      }
-      return false;  // its queue is full: try again later
-    }
+    if (c.batch_tags.empty()) batching.push_back(c.id);
+    c.batch.append(out.view());
+    c.batch_tags.push_back(tag);
     entry e = pop_ready(q);
     ++q.st.delivered;
     ++c.in_flight;
-    c.last_beat_sent = steady::now();
     if (q.is_dlq) q.busy.insert(e.pos.to_u64());
-    in_flight.emplace(tag, flight{&q, std::move(e), c.id, steady::now() + config.visibility_timeout});
+    in_flight.emplace(tag, flight{&q, std::move(e), c.id, loop_now + config.visibility_timeout});
+    if (c.batch.size() >= max_batch_bytes) send_batch(c);
     return true;
+  }
+
+  // Sends a consumer's collected deliveries: one "dlv" as it is, more as
+  // ["batch", [dlv, ...]]. Gone: it is lost. Full: they go back, uncounted.
+  void send_batch(consumer_state& c) {
+    if (c.batch_tags.empty()) return;
+    bool sent = false;
+    if (c.batch_tags.size() == 1) {
+      sent = send_to(c.id, c.batch);
+    } else {
+      out.start(wire::cmd_batch, 1).array(static_cast<std::uint32_t>(c.batch_tags.size()));
+      batch_frame.assign(out.view());
+      batch_frame.append(c.batch);
+      sent = send_to(c.id, batch_frame);
+    }
+    const int err = errno;
+    std::vector<std::uint64_t> tags;
+    tags.swap(c.batch_tags);
+    c.batch.clear();
+    if (sent) {
+      c.last_beat_sent = loop_now;
+      return;
+    }
+    if (err == EHOSTUNREACH) return lose_consumer(std::string(c.id), true);
+    for (auto it = tags.rbegin(); it != tags.rend(); ++it) {
+      if (in_flight.count(*it) == 0) continue;
+      flight f = take_flight(*it);
+      --f.q->st.delivered;
+      requeue_front(*f.q, std::move(f.e));
+    }
+  }
+
+  void send_batches() {
+    for (const auto& id : batching) {
+      if (auto it = consumers.find(id); it != consumers.end()) send_batch(it->second);
+    }
+    batching.clear();
   }
 
   // The plain PUSH endpoint: handing the message to libzmq is its ack.
@@ -1443,7 +1499,11 @@ struct queue_device::impl {
     std::uint32_t n = 0;
     std::string_view cmd;
     if (!in.array(n) || n == 0 || !in.bytes(cmd, 16)) return reject("not a command");
-    if (cmd == wire::cmd_publish && n == 6) return on_publish(sender, in);
+    if (cmd == wire::cmd_publish && n == 6) {
+      (void)on_publish(sender, in, true);
+      return;
+    }
+    if (cmd == wire::cmd_batch && n == 2) return on_batch(sender, in);
     if (cmd == wire::cmd_ack && n == 2) return on_ack(sender, in);
     if (cmd == wire::cmd_take && n == 4) return on_take(sender, in);
     if (cmd == wire::cmd_nack && n == 4) return on_nack(sender, in, false);
@@ -1520,10 +1580,12 @@ struct queue_device::impl {
       }
       drain_completions((items[1].revents & ZMQ_POLLIN) != 0);
       send_confirms();
+      loop_now = steady::now();
       for (auto& [name, q] : queues) {
         refill(*q);
         dispatch(*q);
       }
+      send_batches();
     }
     shutdown();
   }
@@ -1572,7 +1634,10 @@ struct queue_device::impl {
   std::vector<completion> completions_batch;
   std::unordered_map<std::string, std::vector<std::uint64_t>> confirms;
   queue_device_stats dstats;
-  bool clients_backlogged = false;  // the last read of the clients socket left frames in it
+  bool clients_backlogged = false;
+  std::vector<std::string> batching;  // consumers with deliveries collected
+  std::string batch_frame;
+  steady::time_point loop_now;  // read once per turn for deadlines  // the last read of the clients socket left frames in it
   std::mt19937_64 rng{std::random_device{}()};
   wire::writer out;
   message scratch;

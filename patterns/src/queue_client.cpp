@@ -7,6 +7,7 @@
 #include <postbox/error.hpp>
 
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -26,6 +27,8 @@ namespace {
 // Longest reason text a client sends or keeps from the device.
 constexpr std::size_t max_reason = 1024;
 constexpr milliseconds unsent_retry{50};  // no device connected yet: try again soon
+constexpr std::size_t batch_max = 64;  // messages per frame from a producer
+constexpr std::size_t batch_max_bytes = 256 * 1024;
 
 void check_queue_name(std::string_view name) {
   if (auto why = wire::invalid_queue_name(name)) {
@@ -63,28 +66,54 @@ struct producer::impl {
     }
   }
 
-  // Sends one pending command without waiting; false when libzmq would block.
-  bool transmit(pending& p) {
+  // Sends a message again, alone, without waiting; false when libzmq would block.
+  bool resend(pending& p) {
     zmq::message_t f(p.frame.data(), p.frame.size());
     const auto r = sock.socket.send(f, zmq::send_flags::dontwait);
     p.resend_at = steady::now() + (r ? opts.resend_after : unsent_retry);
-    if (r && !p.transmitted) {
-      p.transmitted = true;
-      --untransmitted;
-    }
     return r.has_value();
   }
 
-  // Messages go out in the order they were sent: one libzmq could not take
-  // (no device connected yet, a full pipe) holds back every later one, so
-  // that messages with one key reach the device in order.
+  // Messages go out in the order they were sent, up to batch_max in one
+  // frame (["batch", [pub, ...]]): one libzmq could not take (no device
+  // connected yet, a full pipe) holds back every later one, so that messages
+  // with one key reach the device in order.
   bool send_untransmitted() {
-    if (untransmitted == 0) return true;
-    // The untransmitted messages are the newest ones: start after the last sent.
-    for (auto it = unconfirmed.upper_bound(transmitted_upto); it != unconfirmed.end(); ++it) {
-      if (!it->second.transmitted && !transmit(it->second)) return false;
-      transmitted_upto = it->first;
-      if (untransmitted == 0) break;
+    while (untransmitted > 0) {
+      // The untransmitted messages are the newest ones: start after the last sent.
+      const auto first = unconfirmed.upper_bound(transmitted_upto);
+      auto end = first;
+      std::size_t n = 0, bytes = 0;
+      while (end != unconfirmed.end() && n < batch_max && bytes < batch_max_bytes) {
+        bytes += end->second.frame.size();
+        ++n;
+        ++end;
+      }
+      if (n == 0) return true;
+      bool sent = false;
+      if (n == 1) {
+        zmq::message_t f(first->second.frame.data(), first->second.frame.size());
+        sent = sock.socket.send(f, zmq::send_flags::dontwait).has_value();
+      } else {
+        command.start(wire::cmd_batch, 1).array(static_cast<std::uint32_t>(n));
+        zmq::message_t f(command.view().size() + bytes);
+        char* at = static_cast<char*>(f.data());
+        std::memcpy(at, command.view().data(), command.view().size());
+        at += command.view().size();
+        for (auto it = first; it != end; ++it) {
+          std::memcpy(at, it->second.frame.data(), it->second.frame.size());
+          at += it->second.frame.size();
+        }
+        sent = sock.socket.send(f, zmq::send_flags::dontwait).has_value();
+      }
+      if (!sent) return false;  // resend_due tries again soon
+      const auto resend_at = steady::now() + opts.resend_after;
+      for (auto it = first; it != end; ++it) {
+        it->second.transmitted = true;
+        it->second.resend_at = resend_at;
+        transmitted_upto = it->first;
+      }
+      untransmitted -= n;
     }
     return true;
   }
@@ -157,7 +186,7 @@ struct producer::impl {
         ++st.timed_out;
         finish(it, {false, "timed out", {}}, ran);
       } else if (p.transmitted && now >= p.resend_at) {
-        if (transmit(p)) ++st.resent;
+        if (resend(p)) ++st.resent;
       }
       it = next;
     }
@@ -165,6 +194,7 @@ struct producer::impl {
   }
 
   std::size_t poll(milliseconds timeout) {
+    send_untransmitted();
     std::size_t ran = resend_due();
     detail::time_budget budget(timeout);
     while (true) {
@@ -207,8 +237,8 @@ struct producer::impl {
     auto [it, inserted] = unconfirmed.emplace(seq, std::move(p));
     (void)inserted;
     ++st.sent;
-    ++untransmitted;
-    send_untransmitted();
+    // Sent in batches: once batch_max are waiting, or at the next poll().
+    if (++untransmitted >= batch_max) send_untransmitted();
   }
 
   detail::channel_socket sock;
@@ -329,28 +359,60 @@ struct consumer::impl {
     send(out);
   }
 
-  void handle(const zmq::message_t& f) {
-    wire::reader in(f.data(), f.size());
-    std::uint32_t n = 0;
-    std::string_view cmd, queue, envelope;
-    if (!in.array(n) || n < 1 || !in.bytes(cmd, 16)) return count_rejected();
-    if (cmd == wire::cmd_heartbeat) return;
+  // Reads one "dlv" (its name already read) into `got`; false when malformed.
+  bool read_delivery(wire::reader& in, std::vector<delivery>& got) {
     std::uint64_t tag = 0, attempt = 0;
-    if (cmd != wire::cmd_deliver || n != 5 || !in.uint(tag) || !in.bytes(queue, 100) ||
-        !in.uint(attempt) || attempt > 0xFFFF'FFFFu ||
+    std::string_view queue, envelope;
+    if (!in.uint(tag) || !in.bytes(queue, 100) || !in.uint(attempt) || attempt > 0xFFFF'FFFFu ||
         !in.bytes(envelope, static_cast<std::size_t>(opts.socket.max_message_size))) {
-      return count_rejected();
+      return false;
     }
     delivery d;
     zmq::message_t frame(envelope.data(), envelope.size());
-    if (decode(&frame, 1, d.msg)) return count_rejected();
+    if (const auto why = decode(&frame, 1, d.msg)) {
+      // The device checked it on the way in: it changed since. It cannot be
+      // handled here or anywhere, so it goes to the dead-letter queue.
+      flush_outbox_item({verdict::kind::reject, tag, 0,
+                         "consumer could not decode the message: " + std::string(to_string(*why))});
+      return true;
+    }
     d.msg.set_attempt(static_cast<std::uint32_t>(attempt));
     d.queue.assign(queue);
     d.tag = tag;
     d.attempt = static_cast<std::uint32_t>(attempt);
+    got.push_back(std::move(d));
+    return true;
+  }
+
+  // A "dlv", a "batch" of them, or the device's heartbeat.
+  void handle(const zmq::message_t& f) {
+    wire::reader in(f.data(), f.size());
+    std::uint32_t n = 0;
+    std::string_view cmd;
+    if (!in.array(n) || n < 1 || !in.bytes(cmd, 16)) return count_rejected();
+    if (cmd == wire::cmd_heartbeat && n == 1) return;
+    arriving.clear();
+    if (cmd == wire::cmd_deliver && n == 5) {
+      if (!read_delivery(in, arriving)) return count_rejected();
+    } else if (cmd == wire::cmd_batch && n == 2) {
+      std::uint32_t count = 0;
+      if (!in.array(count)) return count_rejected();
+      for (std::uint32_t i = 0; i < count; ++i) {
+        std::uint32_t m = 0;
+        std::string_view inner;
+        if (!in.array(m) || m != 5 || !in.bytes(inner, 16) || inner != wire::cmd_deliver ||
+            !read_delivery(in, arriving)) {
+          count_rejected();
+          break;  // the rest of the frame cannot be trusted; what came before is kept
+        }
+      }
+    } else {
+      return count_rejected();
+    }
+    if (arriving.empty()) return;
     {
       std::lock_guard lk(mu);
-      inbox.push_back(std::move(d));
+      for (auto& d : arriving) inbox.push_back(std::move(d));
     }
     arrived.notify_one();
   }
@@ -358,6 +420,12 @@ struct consumer::impl {
   void count_rejected() {
     std::lock_guard lk(mu);
     ++st.rejected;
+  }
+
+  void flush_outbox_item(outgoing o) {
+    single.clear();
+    single.push_back(std::move(o));
+    flush_outbox(single);
   }
 
   void flush_outbox(std::vector<outgoing>& batch) {
@@ -433,6 +501,8 @@ struct consumer::impl {
   consumer_options opts;
   int wake = -1;
   wire::writer out;  // I/O thread only
+  std::vector<delivery> arriving;  // I/O thread only
+  std::vector<outgoing> single;    // I/O thread only
 
   mutable std::mutex mu;
   std::condition_variable arrived;

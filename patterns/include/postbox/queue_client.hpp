@@ -72,7 +72,9 @@ class producer {
   /// device's confirm, resending as needed, for at most give_up_after.
   [[nodiscard]] confirm send(const message& m, const publish_options& po = {});
   /// Sends `m`; `done` runs once, when the device confirms or refuses it or
-  /// it times out. Waits while `window` messages are unconfirmed.
+  /// it times out. Waits while `window` messages are unconfirmed. Messages
+  /// go out in batches of up to 64 per frame: once 64 wait, or at the next
+  /// poll(), flush() or send(), so call one of those to get them moving.
   void send_async(const message& m, confirm_callback done, const publish_options& po = {});
   /// Handles confirms and resends for up to `timeout`; returns the callbacks run.
   std::size_t poll(std::chrono::milliseconds timeout);

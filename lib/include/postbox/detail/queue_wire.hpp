@@ -26,6 +26,7 @@ inline constexpr std::string_view cmd_nack = "nack";      // consumer -> device
 inline constexpr std::string_view cmd_reject = "rej";     // consumer -> device
 inline constexpr std::string_view cmd_bye = "bye";        // consumer -> device
 inline constexpr std::string_view cmd_heartbeat = "hb";   // device -> consumer
+inline constexpr std::string_view cmd_batch = "batch";    // several "pub" or "dlv" in one frame
 
 /// Queue names: 1..100 of [A-Za-z0-9._-], not starting with '.' (they name
 /// directories). Returns why a name is not one, or nothing when it is.
