@@ -256,6 +256,7 @@ struct queue_device::impl {
     std::optional<std::string> key;
     std::uint32_t attempts = 0;
     steady::time_point appended;
+    bool live = true;  // false once its outcome was handled (or the append refused)
   };
   struct completion {
     std::uint64_t ticket;
@@ -487,10 +488,27 @@ struct queue_device::impl {
 
   // ------------------------------------------------------------ spool completions
 
+  // Tickets are numbered in order and kept in a ring: a spool's callback
+  // names its ticket by number; finished ones leave from the front.
   std::uint64_t new_ticket(ticket t) {
-    const std::uint64_t n = ++last_ticket;
-    tickets.emplace(n, std::move(t));
-    return n;
+    tickets.push_back(std::move(t));
+    return ticket_base + tickets.size() - 1;
+  }
+
+  ticket* find_ticket(std::uint64_t n) {
+    if (n < ticket_base || n - ticket_base >= tickets.size()) return nullptr;
+    ticket& t = tickets[static_cast<std::size_t>(n - ticket_base)];
+    return t.live ? &t : nullptr;
+  }
+
+  void retire_ticket(ticket& t) {
+    t.live = false;
+    t.peer.clear();
+    t.key.reset();
+    while (!tickets.empty() && !tickets.front().live) {
+      tickets.pop_front();
+      ++ticket_base;
+    }
   }
 
   append_callback callback_for(std::uint64_t ticket_no) {
@@ -510,11 +528,11 @@ struct queue_device::impl {
 
   // Appends `rec` to `sp` for `t`; false (ticket dropped) when the spool refused it at once.
   bool append(spool& sp, std::string_view rec, ticket t, std::string* why) {
-    t.appended = steady::now();
+    t.appended = turn_now;
     const std::uint64_t n = new_ticket(std::move(t));
     const auto status = sp.append(rec, callback_for(n));
     if (status == append_status::queued) return true;
-    tickets.erase(n);
+    retire_ticket(*find_ticket(n));
     if (why != nullptr) {
       *why = status == append_status::too_large
                  ? "message too large for the spool"
@@ -535,19 +553,19 @@ struct queue_device::impl {
       completions_batch.swap(completions);
     }
     if (completions_batch.empty()) return;
+    completed_at = steady::now();
     for (const auto& c : completions_batch) {
-      auto it = tickets.find(c.ticket);
-      if (it == tickets.end()) continue;
-      ticket t = std::move(it->second);
-      tickets.erase(it);
-      complete(t, c.outcome);
+      ticket* t = find_ticket(c.ticket);
+      if (t == nullptr) continue;
+      complete(*t, c.outcome);
+      retire_ticket(*t);
     }
     completions_batch.clear();
     send_confirms();
   }
 
   void sample_fsync(queue& q, steady::time_point appended) {
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - appended);
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(completed_at - appended);
     constexpr std::size_t ring = 4096;
     const auto v = static_cast<std::uint32_t>(std::min<long long>(us.count(), 0xFFFF'FFFF));
     if (q.fsync_samples.size() < ring) {
@@ -710,7 +728,7 @@ struct queue_device::impl {
       log.fault("max-queues", "refused queue " + qname + ": max_queues reached");
       return;
     }
-    const std::uint64_t now = now_us();
+    const std::uint64_t now = turn_wall_us;
     if (const dedup_entry* d = remember(scratch.id(), now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
@@ -992,7 +1010,7 @@ struct queue_device::impl {
 
   // A message whose key (if any) it holds: ready now, or on a timer.
   void route(queue& q, entry e) {
-    if (e.not_before_us > now_us()) {
+    if (e.not_before_us > turn_wall_us) {
       e.record.clear();
       e.record.shrink_to_fit();
       q.timers.emplace(e.not_before_us, std::move(e));
@@ -1080,7 +1098,7 @@ struct queue_device::impl {
         finish_message(q, e.pos, e.key);
         continue;
       }
-      if (head.expires_us != 0 && now_us() > head.expires_us) {
+      if (head.expires_us != 0 && turn_wall_us > head.expires_us) {
         entry e = pop_ready(q);
         dead_letter(q, std::move(e), "expired");
         continue;
@@ -1135,7 +1153,7 @@ struct queue_device::impl {
     ++q.st.delivered;
     ++c.in_flight;
     if (q.is_dlq) q.busy.insert(e.pos.to_u64());
-    in_flight.emplace(tag, flight{&q, std::move(e), c.id, loop_now + config.visibility_timeout});
+    in_flight.emplace(tag, flight{&q, std::move(e), c.id, turn_now + config.visibility_timeout});
     if (c.batch.size() >= max_batch_bytes) send_batch(c);
     return true;
   }
@@ -1158,7 +1176,7 @@ struct queue_device::impl {
     tags.swap(c.batch_tags);
     c.batch.clear();
     if (sent) {
-      c.last_beat_sent = loop_now;
+      c.last_beat_sent = turn_now;
       return;
     }
     if (err == EHOSTUNREACH) return lose_consumer(std::string(c.id), true);
@@ -1568,6 +1586,7 @@ struct queue_device::impl {
         if (zmq_errno() == EINTR) continue;
         throw transport_error(std::string("poll: ") + zmq_strerror(zmq_errno()));
       }
+      stamp_turn();
       on_tick();
       if (items[0].revents & ZMQ_POLLIN) read_clients();
       if (plain_at >= 0 && (items[plain_at].revents & ZMQ_POLLIN)) read_plain();
@@ -1580,7 +1599,7 @@ struct queue_device::impl {
       }
       drain_completions((items[1].revents & ZMQ_POLLIN) != 0);
       send_confirms();
-      loop_now = steady::now();
+      stamp_turn();
       for (auto& [name, q] : queues) {
         refill(*q);
         dispatch(*q);
@@ -1629,15 +1648,23 @@ struct queue_device::impl {
   std::unordered_map<message_id, dedup_entry, id_hash> dedup;
   std::deque<std::pair<std::uint64_t, message_id>> dedup_order;
   std::uint64_t dedup_evicted = 0;
-  std::unordered_map<std::uint64_t, ticket> tickets;
-  std::uint64_t last_ticket = 0;
+  std::deque<ticket> tickets;     // numbers ticket_base, ticket_base + 1, ...
+  std::uint64_t ticket_base = 1;
+  steady::time_point completed_at;  // when the completions in hand were taken
   std::vector<completion> completions_batch;
   std::unordered_map<std::string, std::vector<std::uint64_t>> confirms;
   queue_device_stats dstats;
   bool clients_backlogged = false;
   std::vector<std::string> batching;  // consumers with deliveries collected
   std::string batch_frame;
-  steady::time_point loop_now;  // read once per turn for deadlines  // the last read of the clients socket left frames in it
+  // The clocks, read once per turn of the loop rather than per message.
+  steady::time_point turn_now;
+  std::uint64_t turn_wall_us = 0;
+
+  void stamp_turn() {
+    turn_now = steady::now();
+    turn_wall_us = now_us();
+  }  // the last read of the clients socket left frames in it
   std::mt19937_64 rng{std::random_device{}()};
   wire::writer out;
   message scratch;

@@ -337,6 +337,11 @@ struct consumer::impl {
     bool was_empty = false;
     {
       std::lock_guard lk(mu);
+      switch (o.what) {
+        case verdict::kind::ack: ++st.acked; break;
+        case verdict::kind::nack: ++st.nacked; break;
+        case verdict::kind::reject: ++st.rejected_by_handler; break;
+      }
       was_empty = outbox.empty();
       outbox.push_back(std::move(o));
     }
@@ -533,27 +538,15 @@ std::optional<delivery> consumer::receive(milliseconds timeout) {
 }
 
 void consumer::ack(const delivery& d) {
-  {
-    std::lock_guard lk(impl_->mu);
-    ++impl_->st.acked;
-  }
   impl_->post({verdict::kind::ack, d.tag, 0, {}});
 }
 
 void consumer::nack(const delivery& d, std::string_view reason, milliseconds delay) {
-  {
-    std::lock_guard lk(impl_->mu);
-    ++impl_->st.nacked;
-  }
   impl_->post({verdict::kind::nack, d.tag, to_ms(delay),
                std::string(reason.substr(0, max_reason))});
 }
 
 void consumer::reject(const delivery& d, std::string_view reason) {
-  {
-    std::lock_guard lk(impl_->mu);
-    ++impl_->st.rejected_by_handler;
-  }
   impl_->post({verdict::kind::reject, d.tag, 0, std::string(reason.substr(0, max_reason))});
 }
 
