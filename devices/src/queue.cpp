@@ -186,6 +186,7 @@ struct queue_device::impl {
     std::uint64_t not_before_us = 0, expires_us = 0;
     std::optional<std::string> key;
     std::string last_error;
+    std::string dead_reason;  // set while a dead-lettering waits to be tried again
   };
 
   struct key_state {
@@ -257,6 +258,9 @@ struct queue_device::impl {
     std::uint32_t attempts = 0;
     steady::time_point appended;
     bool live = true;  // false once its outcome was handled (or the append refused)
+    // dead_letter: what a retry needs if the move fails
+    std::string reason = {}, last_error = {};
+    std::uint64_t expires_us = 0;
   };
   struct completion {
     std::uint64_t ticket;
@@ -361,25 +365,36 @@ struct queue_device::impl {
     }
     if (ec) throw spool_error("cannot read " + config.data_dir.string() + ": " + ec.message());
     std::sort(names.begin(), names.end());
-    for (const auto& n : names) open_queue(n);
+    for (const auto& n : names) open_queue(n, true);
   }
 
   // The queue named `name` (and its dead-letter queue), opened and recovered
   // on first use. Null when the device holds max_queues already.
-  queue* open_queue(const std::string& name) {
+  // The queue named `name` (a NAME.dlq name gives NAME's dead-letter queue),
+  // opened with its dead-letter queue on first use. Null when opening it
+  // would pass max_queues (`existing`: it is on disk already, and is opened
+  // whatever the limit). Throws spool_error when a spool cannot be opened;
+  // then neither half is registered.
+  queue* open_queue(const std::string& name, bool existing = false) {
     if (auto it = queues.find(name); it != queues.end()) return it->second.get();
     const bool is_dlq = name.size() > dlq_suffix.size() && name.ends_with(dlq_suffix);
     const std::string source_name = is_dlq ? name.substr(0, name.size() - dlq_suffix.size()) : name;
-    if (is_dlq) return open_queue(source_name)->dlq;
-    if (queues.size() + 2 > config.max_queues * 2) return nullptr;
-    queue* src = recover(source_name, false);
-    queue* dead = recover(source_name + std::string(dlq_suffix), true);
-    src->dlq = dead;
-    dead->source = src;
-    return src;
+    if (is_dlq) {
+      queue* src = open_queue(source_name, existing);
+      return src != nullptr ? src->dlq : nullptr;
+    }
+    if (!existing && queues.size() + 2 > config.max_queues * 2) return nullptr;
+    auto src = recover(source_name, false);
+    auto dead = recover(source_name + std::string(dlq_suffix), true);
+    src->dlq = dead.get();
+    dead->source = src.get();
+    queue* raw = src.get();
+    queues.emplace(dead->name, std::move(dead));
+    queues.emplace(source_name, std::move(src));
+    return raw;
   }
 
-  queue* recover(const std::string& name, bool is_dlq) {
+  std::unique_ptr<queue> recover(const std::string& name, bool is_dlq) {
     auto q = std::make_unique<queue>();
     q->name = name;
     q->is_dlq = is_dlq;
@@ -396,9 +411,7 @@ struct queue_device::impl {
     if (pending > 0) {
       log.info("queue " + name + ": recovered " + std::to_string(pending) + " pending message(s)");
     }
-    queue* raw = q.get();
-    queues.emplace(name, std::move(q));
-    return raw;
+    return q;
   }
 
   void report_recovery(queue& q, const recovery_report& r, const char* what) {
@@ -620,8 +633,10 @@ struct queue_device::impl {
           e.pos = t.source;
           e.key = t.key;
           e.attempts = t.attempts;
-          e.not_before_us = now_us() + 1'000'000;
-          q.timers.emplace(e.not_before_us, std::move(e));
+          e.last_error = std::move(t.last_error);
+          e.expires_us = t.expires_us;
+          if (t.reason == "expired") --q.st.expired;  // counted again when it moves
+          dead_letter_later(q, std::move(e), t.reason);
           break;
         }
         ++q.st.dead_lettered;
@@ -935,6 +950,42 @@ struct queue_device::impl {
     q.ready.push_front(std::move(e));
   }
 
+  // Tries again later to move `e` to the dead-letter queue.
+  void dead_letter_later(queue& q, entry e, std::string_view reason) {
+    e.record.clear();
+    e.dead_reason.assign(reason);
+    e.not_before_us = now_us() + 1'000'000;
+    q.timers.emplace(e.not_before_us, std::move(e));
+  }
+
+  // The dead letter's envelope: the message with the x- headers of
+  // docs/protocol.md 16.3 (replacing any it had from an earlier dead-letter).
+  // Empty when they do not fit the header limits.
+  static std::string dead_envelope(const message& m, const queue& q, const entry& e,
+                                   std::string_view reason) {
+    static constexpr std::string_view ours[] = {"x-dead-letter-reason", "x-attempts",
+                                                "x-last-error", "x-source-queue"};
+    message d(std::string(m.topic()), m.payload());
+    d.set_id(m.id()).set_timestamp_us(m.timestamp_us()).set_correlation(m.correlation());
+    if (m.key()) d.set_key(std::string(*m.key()));
+    for (const auto& h : m.headers()) {
+      if (std::find(std::begin(ours), std::end(ours), h.name) == std::end(ours)) {
+        d.add_header(h.name, h.value);
+      }
+    }
+    d.add_header("x-dead-letter-reason", std::string(reason));
+    d.add_header("x-attempts", std::to_string(e.attempts));
+    if (!e.last_error.empty()) d.add_header("x-last-error", e.last_error);
+    d.add_header("x-source-queue", q.name);
+    std::string envelope;
+    try {
+      wire::encode_envelope(d, {}, envelope);
+    } catch (const config_error&) {  // more than max_user_headers, or too large a header
+      envelope.clear();
+    }
+    return envelope;
+  }
+
   void dead_letter(queue& q, entry e, std::string_view reason) {
     if (q.is_dlq) {  // nowhere further to go: keep retrying with backoff
       e.not_before_us = now_us() + backoff_us(std::max<std::uint32_t>(e.attempts, 1));
@@ -942,23 +993,26 @@ struct queue_device::impl {
       q.timers.emplace(e.not_before_us, std::move(e));
       return;
     }
+    if (e.record.empty()) {
+      const auto r = reread(q, e);
+      if (r == reread_result::gone) return finish_message(q, e.pos, e.key);
+      if (r == reread_result::later) return dead_letter_later(q, std::move(e), reason);
+    }
     record_fields f;
-    if (e.record.empty() || !parse_record(e.record, f)) {
-      log.warn("queue " + q.name + ": cannot dead-letter " + e.pos.to_string() + ": record unreadable");
-      return finish_message(q, e.pos, e.key);
-    }
-    zmq::message_t frame(f.envelope.data(), f.envelope.size());
+    zmq::message_t frame;
     message m;
-    if (decode(&frame, 1, m)) {
-      log.warn("queue " + q.name + ": record " + e.pos.to_string() + " holds a bad envelope; dropped");
+    if (!parse_record(e.record, f) ||
+        (frame.rebuild(f.envelope.data(), f.envelope.size()), decode(&frame, 1, m))) {
+      log.error("queue " + q.name + ": record " + e.pos.to_string() +
+                " holds no valid message; it cannot be dead-lettered and is dropped");
       return finish_message(q, e.pos, e.key);
     }
-    m.add_header("x-dead-letter-reason", std::string(reason));
-    m.add_header("x-attempts", std::to_string(e.attempts));
-    if (!e.last_error.empty()) m.add_header("x-last-error", e.last_error);
-    m.add_header("x-source-queue", q.name);
-    std::string envelope;
-    wire::encode_envelope(m, {}, envelope);
+    std::string envelope = dead_envelope(m, q, e, reason);
+    if (envelope.empty()) {
+      log.warn("queue " + q.name + ": dead letter " + m.id().to_hex() +
+               " kept without x- headers: the message has too many headers for them");
+      envelope.assign(f.envelope);
+    }
     record_fields d;
     d.enqueued_us = now_us();
     d.id = f.id;
@@ -967,14 +1021,14 @@ struct queue_device::impl {
     build_record(dead_buf, d);
     q.busy.insert(e.pos.to_u64());
     ticket t{ticket_kind::dead_letter, &q, {}, 0, f.id, e.pos, e.key, e.attempts, {}};
+    t.reason.assign(reason);
+    t.last_error = e.last_error;
+    t.expires_us = e.expires_us;
     std::string why;
     if (!append(*q.dlq->messages, dead_buf, std::move(t), &why)) {
       q.busy.erase(e.pos.to_u64());
-      log.fault("dead-letter", "queue " + q.name + ": cannot dead-letter: " + why);
-      e.record.clear();
-      e.not_before_us = now_us() + 1'000'000;
-      q.timers.emplace(e.not_before_us, std::move(e));
-      return;
+      log.fault("dead-letter", "queue " + q.name + ": cannot dead-letter now: " + why);
+      return dead_letter_later(q, std::move(e), reason);
     }
     if (reason == "expired") ++q.st.expired;
   }
@@ -1064,24 +1118,48 @@ struct queue_device::impl {
   }
 
   // Reads a timer's record back from disk. False: it is gone or done.
-  bool reread(queue& q, entry& e) {
-    if (q.messages->is_done(e.pos)) return false;
+  enum class reread_result { ok, gone, later };
+
+  // Reads a timer's record back from disk. `gone`: done since, or its bytes
+  // fail their checksum (reported). `later`: it cannot be read right now
+  // (out of file descriptors, an I/O error): it stays, and is tried again.
+  reread_result reread(queue& q, entry& e) {
+    if (q.messages->is_done(e.pos)) return reread_result::gone;
     cursor c = q.messages->read_from(e.pos, true);
     spool_record r;
-    if (c.next(r) != read_status::ok || r.pos != e.pos) {
-      log.warn("queue " + q.name + ": record " + e.pos.to_string() + " unreadable; dropped");
-      return false;
+    const auto s = c.next(r);
+    if (s == read_status::ok && r.pos == e.pos) {
+      e.record = std::move(r.data);
+      return reread_result::ok;
     }
-    e.record = std::move(r.data);
-    return true;
+    if (s == read_status::corrupt && r.pos == e.pos) {
+      log.error("queue " + q.name + ": record " + e.pos.to_string() +
+                " changed on disk (checksum); it cannot be delivered");
+      return reread_result::gone;
+    }
+    log.fault("reread " + q.name, "queue " + q.name + ": cannot read record " +
+                                      e.pos.to_string() + " now; trying again in a second");
+    return reread_result::later;
   }
 
   void fire_timers(queue& q, std::uint64_t now) {
     while (!q.timers.empty() && q.timers.begin()->first <= now) {
       entry e = std::move(q.timers.begin()->second);
       q.timers.erase(q.timers.begin());
-      if (!reread(q, e)) {
+      const auto r = reread(q, e);
+      if (r == reread_result::gone) {
         finish_message(q, e.pos, e.key);
+        continue;
+      }
+      if (r == reread_result::later) {
+        q.timers.emplace(now + 1'000'000, std::move(e));
+        continue;
+      }
+      // A dead-lettering that could not be written is tried again, not delivered.
+      if (!e.dead_reason.empty()) {
+        std::string reason = std::move(e.dead_reason);
+        e.dead_reason.clear();
+        dead_letter(q, std::move(e), reason);
         continue;
       }
       e.not_before_us = 0;
@@ -1258,7 +1336,6 @@ struct queue_device::impl {
       f.e.last_error = "visibility timeout";
       failed(*f.q, std::move(f.e), milliseconds(0), true);
     }
-    for (auto& [name, q] : queues) fire_timers(*q, wall);
     if (now >= next_rate_sample) sample_rates(now);
     if (config.stats_interval.count() > 0 && now >= next_stats_log) {
       next_stats_log = now + config.stats_interval;
@@ -1588,6 +1665,7 @@ struct queue_device::impl {
       }
       stamp_turn();
       on_tick();
+      for (auto& [name, q] : queues) fire_timers(*q, turn_wall_us);
       if (items[0].revents & ZMQ_POLLIN) read_clients();
       if (plain_at >= 0 && (items[plain_at].revents & ZMQ_POLLIN)) read_plain();
       if (control_at >= 0 && (items[control_at].revents & ZMQ_POLLIN)) {

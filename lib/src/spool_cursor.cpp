@@ -102,6 +102,9 @@ read_status cursor::next(spool_record& out) noexcept {
       const auto path = state_->dir / fmt::segment_file_name(pos_.segment);
       fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd_ < 0) {
+        // Out of descriptors, memory, permission: nothing is readable right
+        // now, but nothing is gone either. Say "end" and try again next call.
+        if (errno != ENOENT) return read_status::end;
         // Deleted since we looked (all of it was done); move on.
         pos_ = {pos_.segment + 1, 0};
         if (pos_.segment == 0) return read_status::end;

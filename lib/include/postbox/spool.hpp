@@ -118,7 +118,9 @@ class cursor {
   ~cursor();
 
   /// Reads the next record at or after where() into `out`, advancing past it.
-  /// `end`: nothing more yet (call again after more appends). `corrupt`: the
+  /// `end`: nothing more yet (call again after more appends), or the next
+  /// segment cannot be opened right now (out of file descriptors: call again
+  /// later; nothing is skipped). `corrupt`: the
   /// record at out.pos changed on disk since it was written (bad checksum or
   /// unreadable); it is skipped. Never throws.
   [[nodiscard]] read_status next(spool_record& out) noexcept;
