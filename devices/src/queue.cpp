@@ -41,6 +41,8 @@ constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before l
 constexpr milliseconds tick{100};
 constexpr milliseconds pause_threshold{1'000};
 constexpr std::size_t max_batch_bytes = 256 * 1024;  // deliveries to one consumer per frame
+constexpr std::uint64_t max_delay_ms = 365ull * 24 * 3600 * 1000;
+constexpr std::size_t max_redrive_per_request = 10'000;  // one request holds the loop this long at most
 
 std::uint64_t now_us() noexcept {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
@@ -338,6 +340,7 @@ struct queue_device::impl {
     if (config.dedup_max_ids == 0) bad("dedup_max_ids must be positive (a zero window turns it off)");
     if (config.buffer_messages == 0 || config.buffer_bytes == 0) bad("buffers must be positive");
     if (config.max_queues == 0) bad("max queues must be at least 1");
+    if (config.max_prefetch == 0) bad("max prefetch must be at least 1");
     if (config.max_message_size < 64) bad("max message size must be at least 64 bytes");
   }
 
@@ -483,10 +486,14 @@ struct queue_device::impl {
     auto [it, fresh] = dedup.try_emplace(id, dedup_entry{expires, durable});
     if (!fresh) return &it->second;
     dedup_order.emplace_back(expires, id);
-    if (dedup.size() > config.dedup_max_ids) {
-      dedup.erase(dedup_order.front().second);
+    while (dedup.size() > config.dedup_max_ids && !dedup_order.empty()) {
+      const auto [when, old] = dedup_order.front();
       dedup_order.pop_front();
-      ++dedup_evicted;
+      // The slot of an id forgotten and remembered again is stale: skip it.
+      if (auto o = dedup.find(old); o != dedup.end() && o->second.expires_ms == when) {
+        dedup.erase(o);
+        ++dedup_evicted;
+      }
     }
     return nullptr;
   }
@@ -698,6 +705,9 @@ struct queue_device::impl {
     if (auto why = wire::invalid_queue_name(qname)) {
       ++dstats.producers_refused;
       refuse(peer, seq, "bad queue name: " + *why);
+    } else if (delay > max_delay_ms || ttl > max_delay_ms) {
+      ++dstats.producers_refused;
+      refuse(peer, seq, "delay and ttl are at most 365 days");
     } else if (qname.ends_with(dlq_suffix)) {
       ++dstats.producers_refused;
       refuse(peer, seq, "queues ending in .dlq are dead-letter queues; publish to the source");
@@ -736,11 +746,11 @@ struct queue_device::impl {
       if (kind == ticket_kind::publish) refuse(peer, seq, "the message has no id");
       return;
     }
-    queue* q = open_or_refuse(qname);
+    std::string why_not;
+    queue* q = open_or_refuse(qname, &why_not);
     if (q == nullptr) {
       ++dstats.producers_refused;
-      if (kind == ticket_kind::publish) refuse(peer, seq, "too many queues on this device");
-      log.fault("max-queues", "refused queue " + qname + ": max_queues reached");
+      if (kind == ticket_kind::publish) refuse(peer, seq, why_not);
       return;
     }
     const std::uint64_t now = turn_wall_us;
@@ -769,13 +779,18 @@ struct queue_device::impl {
     }
   }
 
-  queue* open_or_refuse(const std::string& name) {
+  // open_queue(), or null with the reason in `why` (and in the log).
+  queue* open_or_refuse(const std::string& name, std::string* why = nullptr) {
+    std::string reason;
     try {
-      return open_queue(name);
+      if (queue* q = open_queue(name)) return q;
+      reason = "too many queues on this device (max_queues)";
     } catch (const std::exception& e) {
-      log.fault("open " + name, "cannot open queue " + name + ": " + e.what());
-      return nullptr;
+      reason = std::string("cannot open the queue: ") + e.what();
     }
+    log.fault("open " + name, "queue " + name + ": " + reason);
+    if (why != nullptr) *why = std::move(reason);
+    return nullptr;
   }
 
   // ------------------------------------------------------------ consumers
@@ -796,7 +811,8 @@ struct queue_device::impl {
     auto [it, fresh] = consumers.try_emplace(peer);
     consumer_state& c = it->second;
     c.last_seen = steady::now();
-    c.prefetch = static_cast<std::uint32_t>(prefetch);
+    // The device bounds what one consumer may hold (and so its memory).
+    c.prefetch = static_cast<std::uint32_t>(std::min<std::uint64_t>(prefetch, config.max_prefetch));
     c.heartbeat = milliseconds(hb);
     if (!fresh) return;  // a heartbeat
     c.id = peer;
@@ -1316,7 +1332,11 @@ struct queue_device::impl {
     for (auto& [id, c] : consumers) {
       // Behind on its own input, the device cannot tell a silent consumer
       // from one whose heartbeat waits in the socket behind producers' frames.
-      if (clients_backlogged) c.last_seen = std::max(c.last_seen, now - c.heartbeat);
+      // For one liveness period at most: a consumer silent through a flood
+      // longer than that is declared gone all the same.
+      if (clients_backlogged && now - backlogged_since < c.heartbeat * config.heartbeat_liveness) {
+        c.last_seen = std::max(c.last_seen, now - c.heartbeat);
+      }
       if (now - c.last_seen > c.heartbeat * config.heartbeat_liveness) {
         lost.push_back(id);
       } else if (now - c.last_beat_sent >= c.heartbeat) {
@@ -1388,14 +1408,14 @@ struct queue_device::impl {
     if (words[0] == "ping" && words.size() == 1) return "pong";
     if (words[0] == "stats" && words.size() == 1) return json();
     if ((words[0] == "list" || words[0] == "redrive") && (words.size() == 2 || words.size() == 3)) {
-      std::size_t limit = words[0] == "list" ? 10 : SIZE_MAX;
+      std::size_t limit = words[0] == "list" ? 10 : max_redrive_per_request;
       if (words.size() == 3) {
         char* end = nullptr;
         const unsigned long long n = std::strtoull(words[2].c_str(), &end, 10);
         if (end == words[2].c_str() || *end != '\0' || n == 0) return error("count must be a positive number");
         limit = static_cast<std::size_t>(n);
       }
-      if (words[0] == "list") limit = std::min<std::size_t>(limit, 1000);
+      limit = std::min<std::size_t>(limit, words[0] == "list" ? 1000 : max_redrive_per_request);
       std::string name = words[1];
       if (name.ends_with(dlq_suffix)) name.resize(name.size() - dlq_suffix.size());
       if (wire::invalid_queue_name(name) || queues.find(name) == queues.end()) {
@@ -1561,6 +1581,7 @@ struct queue_device::impl {
   void read_clients() {
     zmq::message_t id, body, extra;
     void* s = clients->socket.handle();
+    if (!clients_backlogged) backlogged_since = steady::now();
     clients_backlogged = true;  // unless the loop below finds the socket empty
     for (int i = 0; i < batch_per_wakeup; ++i) {
       if (zmq_msg_recv(id.handle(), s, ZMQ_DONTWAIT) < 0) {
@@ -1732,7 +1753,8 @@ struct queue_device::impl {
   std::vector<completion> completions_batch;
   std::unordered_map<std::string, std::vector<std::uint64_t>> confirms;
   queue_device_stats dstats;
-  bool clients_backlogged = false;
+  bool clients_backlogged = false;  // the last read of the clients socket left frames in it
+  steady::time_point backlogged_since;
   std::vector<std::string> batching;  // consumers with deliveries collected
   std::string batch_frame;
   // The clocks, read once per turn of the loop rather than per message.
@@ -1742,7 +1764,8 @@ struct queue_device::impl {
   void stamp_turn() {
     turn_now = steady::now();
     turn_wall_us = now_us();
-  }  // the last read of the clients socket left frames in it
+  }
+
   std::mt19937_64 rng{std::random_device{}()};
   wire::writer out;
   message scratch;

@@ -63,6 +63,7 @@ po::options_description describe() {
     ("dedup-max-ids", po::value<std::size_t>()->default_value(d.dedup_max_ids)->value_name("N"), "at most this many ids remembered")
     ("buffer-messages", po::value<std::size_t>()->default_value(d.buffer_messages)->value_name("N"), "messages read ahead of delivery per queue")
     ("buffer-bytes", po::value<std::size_t>()->default_value(d.buffer_bytes)->value_name("BYTES"), "bytes read ahead of delivery per queue")
+    ("max-prefetch", po::value<std::uint32_t>()->default_value(d.max_prefetch)->value_name("N"), "unacked deliveries one consumer holds at most, whatever it asks for")
     ("max-queues", po::value<std::size_t>()->default_value(d.max_queues)->value_name("N"), "queues the device opens at most")
     ("max-message-size", po::value<std::int64_t>()->default_value(d.max_message_size)->value_name("BYTES"), "largest frame accepted; a larger one drops its connection")
     ("hwm", po::value<int>()->default_value(d.hwm)->value_name("N"), "messages queued per peer and direction")
@@ -151,6 +152,10 @@ queue_command load_queue_config(int argc, const char* const* argv) {
   c.buffer_bytes = vm["buffer-bytes"].as<std::size_t>();
   if (c.buffer_messages == 0 || c.buffer_bytes == 0) {
     throw config_error("--buffer-messages and --buffer-bytes must be positive");
+  }
+  c.max_prefetch = vm["max-prefetch"].as<std::uint32_t>();
+  if (c.max_prefetch == 0 || c.max_prefetch > 1'000'000) {
+    throw config_error("--max-prefetch must be 1 .. 1000000, got " + std::to_string(c.max_prefetch));
   }
   c.max_queues = vm["max-queues"].as<std::size_t>();
   if (c.max_queues == 0 || c.max_queues > 10'000) throw config_error("--max-queues must be 1 .. 10000");

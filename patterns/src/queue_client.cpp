@@ -10,6 +10,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -84,7 +85,11 @@ struct producer::impl {
       const auto first = unconfirmed.upper_bound(transmitted_upto);
       auto end = first;
       std::size_t n = 0, bytes = 0;
-      while (end != unconfirmed.end() && n < batch_max && bytes < batch_max_bytes) {
+      // A batch stays under batch_max_bytes (a larger message travels alone),
+      // so that it never passes the device's max_message_size when its
+      // messages do not.
+      while (end != unconfirmed.end() && n < batch_max &&
+             (n == 0 || bytes + end->second.frame.size() <= batch_max_bytes)) {
         bytes += end->second.frame.size();
         ++n;
         ++end;
@@ -262,10 +267,11 @@ producer::producer(producer&&) noexcept = default;
 producer& producer::operator=(producer&&) noexcept = default;
 
 confirm producer::send(const message& m, const publish_options& po) {
-  std::optional<confirm> result;
-  impl_->send_async(m, [&result](const confirm& c) { result = c; }, po);
-  while (!result) impl_->poll(milliseconds(100));
-  return *result;
+  // Shared, not on this stack: if poll() throws, the callback may still run later.
+  auto result = std::make_shared<std::optional<confirm>>();
+  impl_->send_async(m, [result](const confirm& c) { *result = c; }, po);
+  while (!*result) impl_->poll(milliseconds(100));
+  return **result;
 }
 
 void producer::send_async(const message& m, confirm_callback done, const publish_options& po) {
@@ -304,8 +310,14 @@ struct consumer::impl {
         opts(o) {
     if (queues.empty()) throw config_error("a consumer needs at least one queue");
     for (const auto& name : queues) check_queue_name(name);
-    if (opts.prefetch == 0) throw config_error("consumer prefetch must be positive");
-    if (opts.heartbeat.count() <= 0) throw config_error("consumer heartbeat must be positive");
+    // The ranges the device accepts (docs/protocol.md 16.2); outside them it
+    // would refuse every "take" and this consumer would wait forever.
+    if (opts.prefetch == 0 || opts.prefetch > 1'000'000) {
+      throw config_error("consumer prefetch must be 1 .. 1000000");
+    }
+    if (opts.heartbeat.count() < 10 || opts.heartbeat.count() > 600'000) {
+      throw config_error("consumer heartbeat must be 10 .. 600000 ms");
+    }
     wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) throw transport_error("consumer: eventfd failed");
     io = std::thread([this] {

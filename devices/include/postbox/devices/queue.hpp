@@ -58,6 +58,9 @@ struct queue_config {
   /// of the backlog stays on disk. Bounds the device's memory.
   std::size_t buffer_messages = 10'000;
   std::size_t buffer_bytes = 16u * 1024 * 1024;
+  /// A consumer asking for more prefetch gets this many: it bounds what one
+  /// consumer holds in flight (and the device's memory for it).
+  std::uint32_t max_prefetch = 1'000;
   /// Queues the device opens at most. Each is four spools (its messages and
   /// attempts, and its dead-letter queue's), each with a writer thread.
   std::size_t max_queues = 100;
