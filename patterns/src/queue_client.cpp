@@ -323,10 +323,13 @@ struct consumer::impl {
     io = std::thread([this] {
       try {
         loop();
-      } catch (const std::exception&) {
-        // Only a failing socket gets here (the context is closing): stop
-        // serving; the device gives what this consumer held to others.
+      } catch (const std::exception& e) {
+        // A failing socket (the context closing): stop serving, and say so
+        // to the user's thread; the device gives what this consumer held to others.
+        std::lock_guard lk(mu);
+        failure = e.what();
       }
+      arrived.notify_all();
     });
   }
 
@@ -476,7 +479,7 @@ struct consumer::impl {
       const auto wait = std::chrono::ceil<milliseconds>(next_beat - steady::now());
       if (zmq_poll(items, 2, std::max<long>(static_cast<long>(wait.count()), 0)) < 0) {
         if (zmq_errno() == EINTR) continue;  // a signal for this process: keep serving
-        return;  // ETERM: the context is being terminated
+        throw transport_error(std::string("consumer poll: ") + zmq_strerror(zmq_errno()));
       }
       if (items[0].revents & ZMQ_POLLIN) {
         zmq::message_t f;
@@ -526,6 +529,7 @@ struct consumer::impl {
   std::deque<delivery> inbox;     // guarded by mu
   std::vector<outgoing> outbox;   // guarded by mu
   bool stopping = false;          // guarded by mu
+  std::string failure;            // guarded by mu: why the I/O thread stopped, if it did
   consumer_stats st;              // guarded by mu
   std::thread io;  // last: starts after everything above exists
 };
@@ -537,12 +541,13 @@ consumer::~consumer() = default;
 
 std::optional<delivery> consumer::receive(milliseconds timeout) {
   std::unique_lock lk(impl_->mu);
-  auto ready = [this] { return !impl_->inbox.empty(); };
+  auto ready = [this] { return !impl_->inbox.empty() || !impl_->failure.empty(); };
   if (timeout.count() < 0) {
     impl_->arrived.wait(lk, ready);
   } else if (!impl_->arrived.wait_for(lk, timeout, ready)) {
     return std::nullopt;
   }
+  if (impl_->inbox.empty()) throw transport_error("consumer stopped: " + impl_->failure);
   delivery d = std::move(impl_->inbox.front());
   impl_->inbox.pop_front();
   ++impl_->st.received;

@@ -146,7 +146,8 @@ class consumer {
   consumer(const consumer&) = delete;
   consumer& operator=(const consumer&) = delete;
 
-  /// The next delivery, waiting up to `timeout`.
+  /// The next delivery, waiting up to `timeout`. Throws transport_error
+  /// when the consumer's socket failed (its context was closed).
   [[nodiscard]] std::optional<delivery> receive(std::chrono::milliseconds timeout);
   void ack(const delivery& d);
   void nack(const delivery& d, std::string_view reason = {}, std::chrono::milliseconds delay = {});
