@@ -923,6 +923,8 @@ TEST_CASE("queue: hostile peers on the clients, plain and control sockets are re
 
   CHECK(ctl.ask("ping") == "pong");
   still_works();
+  // The consumer sends acks from its own thread: wait for the last one to land.
+  CHECK(ctl.wait_field("acked", "jobs", static_cast<std::uint64_t>(round)));
   dev.stop();
   const auto& ds = dev.device().device_stats();
   CHECK(ds.rejected == rejected);
