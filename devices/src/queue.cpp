@@ -10,6 +10,7 @@
 #include <postbox/error.hpp>
 
 #include "control.hpp"
+#include "dedup_table.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -124,15 +125,6 @@ void build_attempt(std::string& out, position msg, std::uint32_t attempts,
   put_u64(out, not_before_us);
   out.append(last_error.substr(0, max_reason));
 }
-
-struct id_hash {
-  std::size_t operator()(const message_id& id) const noexcept {
-    std::uint64_t a = 0, b = 0;
-    std::memcpy(&a, id.bytes.data(), 8);
-    std::memcpy(&b, id.bytes.data() + 8, 8);
-    return static_cast<std::size_t>(a * 0x9E3779B97F4A7C15ull ^ b);
-  }
-};
 
 std::string json_escape(std::string_view s) {
   std::string out;
@@ -474,24 +466,21 @@ struct queue_device::impl {
 
   // ------------------------------------------------------------ de-duplication
 
-  struct dedup_entry {
-    std::uint64_t expires_ms;
-    bool durable;
-  };
+  using dedup_entry = dedup_table::slot;
 
   // Adds `id` to the window; returns its entry when it was already there.
   const dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
     if (config.dedup_window.count() == 0) return nullptr;
     const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
-    auto [it, fresh] = dedup.try_emplace(id, dedup_entry{expires, durable});
-    if (!fresh) return &it->second;
+    auto [slot, fresh] = dedup.insert(id, expires, durable);
+    if (!fresh) return slot;
     dedup_order.emplace_back(expires, id);
     while (dedup.size() > config.dedup_max_ids && !dedup_order.empty()) {
       const auto [when, old] = dedup_order.front();
       dedup_order.pop_front();
       // The slot of an id forgotten and remembered again is stale: skip it.
-      if (auto o = dedup.find(old); o != dedup.end() && o->second.expires_ms == when) {
-        dedup.erase(o);
+      if (const dedup_entry* o = dedup.find(old); o != nullptr && o->expires_ms() == when) {
+        dedup.erase(old);
         ++dedup_evicted;
       }
     }
@@ -499,11 +488,16 @@ struct queue_device::impl {
   }
 
   void expire_dedup(std::uint64_t now_ms) {
+    bool expired = false;
     while (!dedup_order.empty() && dedup_order.front().first <= now_ms) {
-      auto it = dedup.find(dedup_order.front().second);
-      if (it != dedup.end() && it->second.expires_ms <= now_ms) dedup.erase(it);
+      const message_id& id = dedup_order.front().second;
+      if (const dedup_entry* e = dedup.find(id); e != nullptr && e->expires_ms() <= now_ms) {
+        dedup.erase(id);
+        expired = true;
+      }
       dedup_order.pop_front();
     }
+    if (expired) dedup.shrink_to_fit();
   }
 
   // ------------------------------------------------------------ spool completions
@@ -603,7 +597,7 @@ struct queue_device::impl {
         if (!o.error) {
           ++q.st.enqueued;
           sample_fsync(q, t.appended);
-          if (auto d = dedup.find(t.id); d != dedup.end()) d->second.durable = true;
+          if (dedup_entry* d = dedup.find(t.id)) d->set_durable();
           if (t.kind == ticket_kind::publish) confirms[t.peer].push_back(t.seq);
         } else {
           dedup.erase(t.id);
@@ -734,7 +728,13 @@ struct queue_device::impl {
   void enqueue(const std::string& peer, std::uint64_t seq, const std::string& qname,
                std::uint64_t delay_ms, std::uint64_t ttl_ms, std::string_view envelope,
                ticket_kind kind) {
-    zmq::message_t frame(envelope.data(), envelope.size());
+    // The frame borrows the envelope's bytes (no copy): `scratch` must let go
+    // of them before this returns.
+    zmq::message_t frame(const_cast<char*>(envelope.data()), envelope.size(), nullptr, nullptr);
+    struct release {
+      message& m;
+      ~release() { m.set_payload(std::string()); }
+    } release_scratch{scratch};
     if (const auto r = decode(&frame, 1, scratch)) {
       ++dstats.rejected;
       log.fault("bad envelope", "refused a message: " + std::string(to_string(*r)));
@@ -757,7 +757,7 @@ struct queue_device::impl {
     if (const dedup_entry* d = remember(scratch.id(), now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
-      if (d->durable && kind == ticket_kind::publish) confirms[peer].push_back(seq);
+      if (d->durable() && kind == ticket_kind::publish) confirms[peer].push_back(seq);
       return;
     }
     record_fields f;
@@ -1744,7 +1744,7 @@ struct queue_device::impl {
   std::unordered_map<std::string, consumer_state> consumers;
   std::unordered_map<std::uint64_t, flight> in_flight;
   std::uint64_t tag_base = 0, next_tag = 0;
-  std::unordered_map<message_id, dedup_entry, id_hash> dedup;
+  dedup_table dedup;
   std::deque<std::pair<std::uint64_t, message_id>> dedup_order;
   std::uint64_t dedup_evicted = 0;
   std::deque<ticket> tickets;     // numbers ticket_base, ticket_base + 1, ...
