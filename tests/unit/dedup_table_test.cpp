@@ -1,6 +1,6 @@
 // The queue device's de-duplication table (devices/src/dedup_table.hpp),
-// checked against std::unordered_map through growth, incremental moves,
-// erasures in both tables and shrinking.
+// checked against std::unordered_map through growth, erasures (backward
+// shifts across runs) and shrinking.
 #include "../../devices/src/dedup_table.hpp"
 
 #include <catch2/catch.hpp>
@@ -66,7 +66,7 @@ TEST_CASE("dedup table: insert, find, mark durable and erase", "[dedup]") {
   CHECK(t.size() == 0);
 }
 
-TEST_CASE("dedup table: agrees with a map through growth, moves, erasures and shrinking",
+TEST_CASE("dedup table: agrees with a map through growth, erasures and shrinking",
           "[dedup]") {
   constexpr std::uint64_t universe = 40'000;
   std::mt19937_64 rng(GENERATE(1u, 2u, 3u));
@@ -93,7 +93,7 @@ TEST_CASE("dedup table: agrees with a map through growth, moves, erasures and sh
       REQUIRE(t.erase(id_of(n)) == (ref.erase(n) == 1));
     }
   };
-  // Grow (with erasures landing in both tables during each move) ...
+  // Grow, with erasures among the inserts ...
   for (int i = 0; i < 60'000; ++i) random_op(75);
   check_same(t, ref, universe);
   const std::size_t grown = t.capacity();
@@ -103,7 +103,7 @@ TEST_CASE("dedup table: agrees with a map through growth, moves, erasures and sh
     random_op(5);
     if (i % 1000 == 0) t.shrink_to_fit();
   }
-  for (int i = 0; i < 100'000; ++i) t.shrink_to_fit();  // lets the last move finish
+  for (int i = 0; i < 20; ++i) t.shrink_to_fit();  // as far as it goes
   check_same(t, ref, universe);
   CHECK(t.capacity() < grown);
   CHECK(t.capacity() >= ref.size() * 2);  // shrinks only while under 1/8 full, by half
