@@ -15,7 +15,7 @@
 //
 // usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]
 //                            [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]
-//                            [--e2e-only CONSUMERS]
+//                            [--latency-consumers N] [--timeline] [--e2e-only CONSUMERS]
 #include <postbox/devices/queue.hpp>
 #include <postbox/postbox.hpp>
 #include <postbox/queue_client.hpp>
@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <string>
 #include <string_view>
+#include <sys/resource.h>
 #include <sys/vfs.h>
 #include <thread>
 #include <unistd.h>
@@ -71,6 +72,8 @@ struct config {
   double latency_seconds = 3.0;
   int consumers_only = 1;  // --e2e-only: consumers of the single run
   double latency_rate = 0;  // --latency-rate: pace (d) here instead of at half of (c)
+  bool timeline = false;    // --timeline: (d)'s delivery latency per quarter second
+  int latency_consumers = 0;  // --latency-consumers: for (d), instead of (c)'s best count
 };
 
 // ---------------------------------------------------------------- payloads
@@ -94,6 +97,14 @@ struct percentiles {
   double p50_ms = 0, p99_ms = 0, max_ms = 0;
   std::size_t samples = 0;
 };
+
+// CPU time of the whole process (every thread: device, clients, libzmq), s.
+double process_cpu_seconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto s = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  return s(ru.ru_utime) + s(ru.ru_stime);
+}
 
 percentiles summarise(std::vector<std::int64_t> ns) {
   percentiles r;
@@ -288,7 +299,9 @@ struct e2e_result {
   std::uint64_t fsync_p50_us = 0, fsync_max_us = 0;
   std::uint64_t warm_ups = 0;     // one per producer, not counted elsewhere
   std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
+  double cpu_cores = 0;          // the process's CPU time over the run's wall time
   percentiles delivery, confirmation;
+  std::vector<percentiles> timeline;  // --timeline: the first consumer's, per 1/4 s
 };
 
 // `rate` > 0: one paced producer at `rate` messages/s (the latency run);
@@ -428,6 +441,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
       std::this_thread::sleep_for(milliseconds(1));
   }
   const std::int64_t start_ns = now_ns();
+  const double cpu_start = process_cpu_seconds();
   go_ns = start_ns;
   go = true;
   go.notify_all();
@@ -452,6 +466,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   }
   for (auto& t : pts) t.join();
   r.complete = unique.load() == n;
+  r.cpu_cores = (process_cpu_seconds() - cpu_start) / (static_cast<double>(now_ns() - start_ns) / 1e9);
 
   // The device's own account, once the last acks have reached it.
   std::string js;
@@ -491,6 +506,17 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   r.fsync_p50_us = json_field(js, "fsync_p50_us", queue_name).value_or(0);
   r.fsync_max_us = json_field(js, "fsync_max_us", queue_name).value_or(0);
   if (paced) {
+    // The first consumer's deliveries, in the order it got them, a quarter
+    // of a second of the schedule at a time: where the tail comes from.
+    if (cfg.timeline) {
+      const auto& v = delivery_lat[0];
+      const auto per = std::max<std::size_t>(100, static_cast<std::size_t>(rate / 4 / consumers));
+      for (std::size_t at = 0; at + per <= v.size(); at += per) {
+        auto w = summarise(std::vector<std::int64_t>(v.begin() + static_cast<std::ptrdiff_t>(at),
+                                                     v.begin() + static_cast<std::ptrdiff_t>(at + per)));
+        r.timeline.push_back(w);
+      }
+    }
     std::vector<std::int64_t> all;
     for (auto& v : delivery_lat) all.insert(all.end(), v.begin(), v.end());
     r.delivery = summarise(std::move(all));
@@ -511,17 +537,23 @@ void print_e2e(const char* what, const e2e_result& r) {
               static_cast<unsigned long long>(r.redelivered), static_cast<unsigned long long>(r.bad),
               r.complete ? "" : "  INCOMPLETE");
   std::printf("  %-22s device (incl. %llu warm-up): enqueued %llu acked %llu depth %llu dedup-hits %llu, "
-              "append->durable p50 %llu us max %llu us\n",
+              "append->durable p50 %llu us max %llu us; CPU %.2f cores\n",
               "", static_cast<unsigned long long>(r.warm_ups), static_cast<unsigned long long>(r.device_enqueued),
               static_cast<unsigned long long>(r.device_acked), static_cast<unsigned long long>(r.device_depth),
               static_cast<unsigned long long>(r.device_dup), static_cast<unsigned long long>(r.fsync_p50_us),
-              static_cast<unsigned long long>(r.fsync_max_us));
+              static_cast<unsigned long long>(r.fsync_max_us), r.cpu_cores);
+  for (std::size_t i = 0; i < r.timeline.size(); ++i) {
+    const auto& w = r.timeline[i];
+    std::printf("  %-22s %5.2f s  p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (first consumer)\n",
+                i == 0 ? "timeline" : "", static_cast<double>(i) / 4, w.p50_ms, w.p99_ms, w.max_ms);
+  }
 }
 
 int usage() {
   std::fprintf(stderr,
                "usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]\n"
                "                           [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]\n"
+               "                           [--latency-consumers N] [--timeline]\n"
                "                           [--e2e-only CONSUMERS]\n");
   return 2;
 }
@@ -536,6 +568,8 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (a == "--quick") quick = true;
     else if (a == "--latency-rate" && has_value) cfg.latency_rate = std::max(0.0, std::atof(argv[++i]));
+    else if (a == "--timeline") cfg.timeline = true;
+    else if (a == "--latency-consumers" && has_value) cfg.latency_consumers = std::max(1, std::atoi(argv[++i]));
     else if (a == "--e2e-only" && has_value) e2e_only = true, cfg.consumers_only = std::max(1, std::atoi(argv[++i]));
     else if (a == "--dir" && has_value) cfg.dir = argv[++i];
     else if (a == "--messages" && has_value) cfg.messages = std::strtoull(argv[++i], nullptr, 10), messages_set = true;
@@ -602,7 +636,8 @@ int main(int argc, char** argv) {
   fs::remove_all(cfg.dir / "e2e-4");
   print_e2e("4 consumers", c4);
   const double best = std::max(c1.rate, c4.rate);
-  const int best_consumers = c4.rate > c1.rate ? 4 : 1;
+  const int best_consumers =
+      cfg.latency_consumers > 0 ? cfg.latency_consumers : (c4.rate > c1.rate ? 4 : 1);
   std::printf("  %-22s 1 consumer %.3f of libzmq, %.3f of the spool; 4 consumers %.3f of libzmq, %.3f of the spool\n\n",
               "ratios", c1.rate / zmq_rate, c1.rate / spool_rate, c4.rate / zmq_rate, c4.rate / spool_rate);
 
