@@ -41,7 +41,9 @@ constexpr std::size_t max_control_request = 256;
 constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before looking elsewhere
 constexpr milliseconds tick{100};
 constexpr milliseconds pause_threshold{1'000};
-constexpr std::size_t max_batch_bytes = 256 * 1024;  // deliveries to one consumer per frame
+// Deliveries to one consumer per frame. The consumer's messages share their
+// batch's buffer, so this also bounds what one held delivery keeps alive.
+constexpr std::size_t max_batch_bytes = 64 * 1024;
 constexpr std::uint64_t max_delay_ms = 365ull * 24 * 3600 * 1000;
 constexpr std::size_t max_redrive_per_request = 10'000;  // one request holds the loop this long at most
 
@@ -849,9 +851,9 @@ struct queue_device::impl {
   }
 
   flight take_flight(std::uint64_t tag) {
-    auto it = in_flight.find(tag);
-    flight f = std::move(it->second);
-    in_flight.erase(it);
+    auto node = in_flight.extract(tag);
+    flight f = std::move(node.mapped());
+    if (spare_flights.size() < max_spares) spare_flights.push_back(std::move(node));
     if (f.q->is_dlq) f.q->busy.erase(f.e.pos.to_u64());
     if (!f.consumer.empty()) {
       if (auto c = consumers.find(f.consumer); c != consumers.end() && c->second.in_flight > 0) {
@@ -872,6 +874,9 @@ struct queue_device::impl {
       flight f = take_flight(tag);
       ++f.q->st.acked;
       finish_message(*f.q, f.e.pos, f.e.key);
+      if (spare_records.size() < max_spares && f.e.record.capacity() <= max_spare_record) {
+        spare_records.push_back(std::move(f.e.record));
+      }
     }
     touch(peer);
   }
@@ -1111,6 +1116,10 @@ struct queue_device::impl {
   void refill(queue& q) {
     record_fields f;
     while (q.buffered < config.buffer_messages && q.buffered_bytes < config.buffer_bytes) {
+      if (read_buf.data.capacity() <= 15 && !spare_records.empty()) {  // 15: a short string's own room
+        read_buf.data = std::move(spare_records.back());
+        spare_records.pop_back();
+      }
       const auto s = q.tail->next(read_buf);
       if (s == read_status::end) return;
       if (s == read_status::corrupt || !parse_record(read_buf.data, f)) {
@@ -1247,7 +1256,16 @@ struct queue_device::impl {
     ++q.st.delivered;
     ++c.in_flight;
     if (q.is_dlq) q.busy.insert(e.pos.to_u64());
-    in_flight.emplace(tag, flight{&q, std::move(e), c.id, turn_now + config.visibility_timeout});
+    flight fl{&q, std::move(e), c.id, turn_now + config.visibility_timeout};
+    if (spare_flights.empty()) {
+      in_flight.emplace(tag, std::move(fl));
+    } else {
+      auto node = std::move(spare_flights.back());
+      spare_flights.pop_back();
+      node.key() = tag;
+      node.mapped() = std::move(fl);
+      in_flight.insert(std::move(node));
+    }
     if (c.batch.size() >= max_batch_bytes) send_batch(c);
     return true;
   }
@@ -1743,6 +1761,12 @@ struct queue_device::impl {
   std::optional<detail::channel_socket> clients, plain_in, plain_out, control;
   std::unordered_map<std::string, consumer_state> consumers;
   std::unordered_map<std::uint64_t, flight> in_flight;
+  // Left by acked deliveries for the next ones, so that steady delivery
+  // allocates nothing: in_flight's nodes, and record buffers for refill().
+  static constexpr std::size_t max_spares = 1024;
+  static constexpr std::size_t max_spare_record = 2048;
+  std::vector<std::unordered_map<std::uint64_t, flight>::node_type> spare_flights;
+  std::vector<std::string> spare_records;
   std::uint64_t tag_base = 0, next_tag = 0;
   dedup_table dedup;
   std::deque<std::pair<std::uint64_t, message_id>> dedup_order;

@@ -171,18 +171,21 @@ std::uint8_t* put_header(std::uint8_t* p, const message_view& m) noexcept {
   return p;
 }
 
-// Builds the first frame; with `inline_payload` false the payload is left to
-// the caller's second frame.
-void encode_head(const message_view& m, bool inline_payload, zmq::message_t& frame) {
+// The size of the first frame, after checking the limits; with
+// `inline_payload` false the payload is left to a second frame.
+std::size_t head_size(const message_view& m, bool inline_payload) {
   check_limits(m);
   const std::size_t hsize = header_size(m);
   if (hsize > max_header_size) {
     throw config_error("header is " + std::to_string(hsize) + " bytes, more than " +
                        std::to_string(max_header_size));
   }
-  const std::size_t total = m.topic.size() + 2 + hsize + (inline_payload ? m.payload.size() : 0);
-  frame.rebuild(total);
-  auto* p = static_cast<std::uint8_t*>(frame.data());
+  return m.topic.size() + 2 + hsize + (inline_payload ? m.payload.size() : 0);
+}
+
+// Writes the first frame's `total` bytes (from head_size()) at `out`.
+void write_head(const message_view& m, bool inline_payload, std::size_t total, void* out) noexcept {
+  auto* p = static_cast<std::uint8_t*>(out);
   std::memcpy(p, m.topic.data(), m.topic.size());
   p += m.topic.size();
   *p++ = 0x00;
@@ -192,7 +195,15 @@ void encode_head(const message_view& m, bool inline_payload, zmq::message_t& fra
     std::memcpy(p, m.payload.data(), m.payload.size());
     p += m.payload.size();
   }
-  assert(p == static_cast<std::uint8_t*>(frame.data()) + total);
+  assert(p == static_cast<std::uint8_t*>(out) + total);
+  (void)total;
+}
+
+// Builds the first frame.
+void encode_head(const message_view& m, bool inline_payload, zmq::message_t& frame) {
+  const std::size_t total = head_size(m, inline_payload);
+  frame.rebuild(total);
+  write_head(m, inline_payload, total, frame.data());
 }
 
 // ---- reading: a cursor that never reads past its end ----
@@ -404,7 +415,9 @@ void encode(const message_view& m, encoded& out) {
   if (split) out.second.rebuild(m.payload.data(), m.payload.size());
 }
 
-void encode(const message& m, const stamp& s, encoded& out) {
+namespace {
+
+message_view view_of(const message& m, const stamp& s) noexcept {
   message_view v;
   v.topic = m.topic();
   v.payload = m.payload();
@@ -416,6 +429,20 @@ void encode(const message& m, const stamp& s, encoded& out) {
   v.key = m.key();
   v.correlation = m.correlation() ? &*m.correlation() : nullptr;
   v.headers = m.headers();
+  return v;
+}
+
+}  // namespace
+
+void encode_single(const message& m, const stamp& s, std::string& out) {
+  const message_view v = view_of(m, s);
+  const std::size_t total = head_size(v, true);
+  out.resize(total);
+  write_head(v, true, total, out.data());
+}
+
+void encode(const message& m, const stamp& s, encoded& out) {
+  const message_view v = view_of(m, s);
   const bool split = v.payload.size() >= large_payload_threshold;
   encode_head(v, !split, out.first);
   out.frames = split ? 2 : 1;
@@ -477,13 +504,12 @@ std::optional<reject_reason> read_header(reader& in, message& out, std::string_v
 
 }  // namespace
 
-std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
-                                    message& out) noexcept {
-  if (count < 1 || count > 2) return reject_reason::frame_count;
-  zmq::message_t& head = frames[0];
-  const auto* data = static_cast<const std::uint8_t*>(head.data());
-  const std::size_t size = head.size();
+namespace {
 
+// Everything but the payload, from the first frame's `size` bytes at `data`;
+// on success `payload_offset` is where the payload starts in them.
+std::optional<reject_reason> decode_head(const std::uint8_t* data, std::size_t size, message& out,
+                                         std::size_t& payload_offset) noexcept {
   const auto* nul = static_cast<const std::uint8_t*>(
       std::memchr(data, 0, size < max_topic_size + 1 ? size : max_topic_size + 1));
   if (nul == nullptr) return size > max_topic_size ? reject_reason::too_large : reject_reason::bad_topic;
@@ -510,7 +536,21 @@ std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
   } catch (const std::bad_alloc&) {
     return reject_reason::too_large;
   }
-  const std::size_t payload_offset = static_cast<std::size_t>(in.pos() - data);
+  payload_offset = static_cast<std::size_t>(in.pos() - data);
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
+                                    message& out) noexcept {
+  if (count < 1 || count > 2) return reject_reason::frame_count;
+  zmq::message_t& head = frames[0];
+  const std::size_t size = head.size();
+  std::size_t payload_offset = 0;
+  if (auto r = decode_head(static_cast<const std::uint8_t*>(head.data()), size, out, payload_offset)) {
+    return r;
+  }
   if (count == 2) {
     if (payload_offset != size) return reject_reason::bad_header;  // payload in both frames
     const std::size_t body_size = frames[1].size();
@@ -518,6 +558,19 @@ std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
   } else {
     detail_access::set_payload_frame(out, std::move(head), payload_offset, size - payload_offset);
   }
+  return std::nullopt;
+}
+
+std::optional<reject_reason> decode_shared(zmq::message_t& frame, std::size_t offset,
+                                           std::size_t size, message& out) noexcept {
+  if (offset > frame.size() || size > frame.size() - offset) return reject_reason::bad_header;
+  std::size_t payload_offset = 0;
+  const auto* data = static_cast<const std::uint8_t*>(frame.data()) + offset;
+  if (auto r = decode_head(data, size, out, payload_offset)) return r;
+  zmq::message_t shared;
+  shared.copy(frame);  // a reference to the same buffer (bytes copied only when tiny)
+  detail_access::set_payload_frame(out, std::move(shared), offset + payload_offset,
+                                   size - payload_offset);
   return std::nullopt;
 }
 

@@ -87,10 +87,7 @@ writer& writer::start(std::string_view command, std::uint32_t elements_after) {
 }
 
 void encode_envelope(const message& m, const stamp& s, std::string& out) {
-  encoded e;
-  encode(m, s, e);
-  out.assign(static_cast<const char*>(e.first.data()), e.first.size());
-  if (e.frames == 2) out.append(static_cast<const char*>(e.second.data()), e.second.size());
+  encode_single(m, s, out);
 }
 
 }  // namespace postbox::detail::queue_wire

@@ -379,8 +379,9 @@ struct consumer::impl {
     send(out);
   }
 
-  // Reads one "dlv" (its name already read) into `got`; false when malformed.
-  bool read_delivery(wire::reader& in, std::vector<delivery>& got) {
+  // Reads one "dlv" (its name already read) from `frame` into `got`; false
+  // when malformed. The message's payload shares the frame's buffer.
+  bool read_delivery(zmq::message_t& frame, wire::reader& in, std::vector<delivery>& got) {
     std::uint64_t tag = 0, attempt = 0;
     std::string_view queue, envelope;
     if (!in.uint(tag) || !in.bytes(queue, 100) || !in.uint(attempt) || attempt > 0xFFFF'FFFFu ||
@@ -388,8 +389,8 @@ struct consumer::impl {
       return false;
     }
     delivery d;
-    zmq::message_t frame(envelope.data(), envelope.size());
-    if (const auto why = decode(&frame, 1, d.msg)) {
+    const auto offset = static_cast<std::size_t>(envelope.data() - static_cast<const char*>(frame.data()));
+    if (const auto why = decode_shared(frame, offset, envelope.size(), d.msg)) {
       // The device checked it on the way in: it changed since. It cannot be
       // handled here or anywhere, so it goes to the dead-letter queue.
       flush_outbox_item({verdict::kind::reject, tag, 0,
@@ -405,7 +406,7 @@ struct consumer::impl {
   }
 
   // A "dlv", a "batch" of them, or the device's heartbeat.
-  void handle(const zmq::message_t& f) {
+  void handle(zmq::message_t& f) {
     wire::reader in(f.data(), f.size());
     std::uint32_t n = 0;
     std::string_view cmd;
@@ -413,7 +414,7 @@ struct consumer::impl {
     if (cmd == wire::cmd_heartbeat && n == 1) return;
     arriving.clear();
     if (cmd == wire::cmd_deliver && n == 5) {
-      if (!read_delivery(in, arriving)) return count_rejected();
+      if (!read_delivery(f, in, arriving)) return count_rejected();
     } else if (cmd == wire::cmd_batch && n == 2) {
       std::uint32_t count = 0;
       if (!in.array(count)) return count_rejected();
@@ -421,7 +422,7 @@ struct consumer::impl {
         std::uint32_t m = 0;
         std::string_view inner;
         if (!in.array(m) || m != 5 || !in.bytes(inner, 16) || inner != wire::cmd_deliver ||
-            !read_delivery(in, arriving)) {
+            !read_delivery(f, in, arriving)) {
           count_rejected();
           break;  // the rest of the frame cannot be trusted; what came before is kept
         }

@@ -382,6 +382,61 @@ TEST_CASE("codec: a two-frame message round-trips through encode and decode", "[
   CHECK(back.headers() == original.headers());
 }
 
+TEST_CASE("codec: encode_single gives one frame's bytes, the frames of encode() joined",
+          "[unit][codec]") {
+  for (const std::size_t size : {std::size_t{0}, std::size_t{100}, postbox::large_payload_threshold + 5}) {
+    INFO("payload of " << size << " bytes");
+    postbox::message m("media.uploaded", std::string(size, 'q'));
+    m.set_key("user-9").add_header("a", "1");
+    postbox::stamp s;
+    s.id = id_from_hex(id4_hex);
+    s.timestamp_us = 1700000003000000;
+    postbox::encoded frames;
+    postbox::encode(m, s, frames);
+    std::string joined(static_cast<const char*>(frames.first.data()), frames.first.size());
+    if (frames.frames == 2) joined.append(static_cast<const char*>(frames.second.data()), frames.second.size());
+    std::string single = "left over from before";
+    postbox::encode_single(m, s, single);
+    CHECK(single == joined);
+  }
+}
+
+TEST_CASE("codec: decode_shared reads one of several messages packed in a frame and keeps the "
+          "frame's buffer alive",
+          "[unit][codec]") {
+  postbox::message a("orders.created", "first payload");
+  postbox::message b("orders.paid", std::string(300, 'b'));
+  b.set_key("customer-7").add_header("trace", "t-1");
+  postbox::stamp s;
+  s.id = id_from_hex(id4_hex);
+  s.timestamp_us = 1700000003000000;
+  std::string ea, eb;
+  postbox::encode_single(a, s, ea);
+  postbox::encode_single(b, s, eb);
+  const std::string packed = "hdr" + ea + "mid" + eb + "end";
+  postbox::message back_a, back_b;
+  {
+    zmq::message_t frame(packed.data(), packed.size());  // libzmq's own copy
+    REQUIRE_FALSE(postbox::decode_shared(frame, 3, ea.size(), back_a));
+    REQUIRE_FALSE(postbox::decode_shared(frame, 3 + ea.size() + 3, eb.size(), back_b));
+    // Out of the frame's bounds: refused, nothing read.
+    postbox::message none;
+    CHECK(postbox::decode_shared(frame, packed.size() + 1, 0, none) == postbox::reject_reason::bad_header);
+    CHECK(postbox::decode_shared(frame, 3, packed.size(), none) == postbox::reject_reason::bad_header);
+  }  // the frame is gone; the messages still hold its buffer
+  CHECK(back_a.topic() == "orders.created");
+  CHECK(back_a.payload() == "first payload");
+  CHECK(back_a.id() == s.id);
+  CHECK(back_b.topic() == "orders.paid");
+  CHECK(back_b.payload() == std::string(300, 'b'));
+  CHECK(back_b.key() == std::optional<std::string_view>("customer-7"));
+  CHECK(back_b.headers() == b.headers());
+  // A copy of a decoded message outlives the original too.
+  postbox::message copy = back_b;
+  back_b = postbox::message();
+  CHECK(copy.payload() == std::string(300, 'b'));
+}
+
 TEST_CASE("codec: a reader accepts both frame forms for any payload size", "[unit][codec]") {
   const std::string header_frame = from_hex(vector1_hex);  // ends with the header
   SECTION("a short payload in a second frame") {

@@ -93,6 +93,33 @@ outcome decode_exact(std::string_view one_frame) {
   return decode_exact(std::vector<std::string_view>{one_frame});
 }
 
+// Decodes `bytes` with decode_shared() as the last of the messages packed in
+// a frame: a heap buffer of exactly prefix + bytes, so that a read past the
+// end of the slice is an ASan error too.
+outcome decode_shared_exact(std::string_view bytes) {
+  const std::string_view prefix = "[other messages]";
+  const std::size_t size = prefix.size() + bytes.size();
+  std::unique_ptr<std::uint8_t[]> buffer(new std::uint8_t[size]);
+  std::memcpy(buffer.get(), prefix.data(), prefix.size());
+  if (!bytes.empty()) std::memcpy(buffer.get() + prefix.size(), bytes.data(), bytes.size());
+  zmq::message_t frame(buffer.get(), size, nullptr, nullptr);
+  outcome result;
+  {
+    postbox::message m;
+    result.reason = postbox::decode_shared(frame, prefix.size(), bytes.size(), m);
+    if (!result.reason) {
+      result.topic = std::string(m.topic());
+      result.payload = std::string(m.payload());
+      if (m.key()) result.key = std::string(*m.key());
+      result.headers = m.headers().size();
+      const auto* p = reinterpret_cast<const std::uint8_t*>(m.payload().data());
+      result.payload_in_frame = m.payload().empty() || (p >= buffer.get() + prefix.size() &&
+                                                         p + m.payload().size() <= buffer.get() + size);
+    }
+  }
+  return result;
+}
+
 // A decoded message respects the limits of docs/protocol.md.
 void check_limits(const outcome& o) {
   if (o.reason) return;
@@ -194,6 +221,8 @@ TEST_CASE("codec: every input in the hostile corpus is rejected with a reason, n
     // the header is judged before the frame count matters.
     const auto two = decode_exact(std::vector<std::string_view>{bytes, "payload"});
     CHECK(describe(two.reason) == describe(got.reason));
+    // Packed among others in one frame (a queue delivery batch), the same.
+    CHECK(describe(decode_shared_exact(bytes).reason) == describe(got.reason));
   }
 }
 
@@ -245,6 +274,12 @@ TEST_CASE("codec: 100000 random byte strings are each refused or decoded within 
       FAIL_CHECK("input " << i << " (" << bytes.size() << " bytes): " << describe(got.reason)
                           << " from a fresh message, " << describe(again) << " from a used one");
     }
+    const auto shared = decode_shared_exact(bytes);
+    if (describe(got.reason) != describe(shared.reason) || got.payload != shared.payload) {
+      FAIL_CHECK("input " << i << " (" << bytes.size() << " bytes): " << describe(got.reason)
+                          << " alone, " << describe(shared.reason) << " packed in a frame");
+    }
+    check_limits(shared);
     if (got.reason) {
       counts.count(*got.reason);
     } else {
@@ -279,6 +314,10 @@ TEST_CASE("codec: every bit flip of a valid message is refused or decoded within
     }
     ++decoded;
     check_limits(got);
+    const auto shared = decode_shared_exact(bad);
+    CHECK_FALSE(shared.reason.has_value());
+    CHECK(shared.payload == got.payload);
+    check_limits(shared);
     // A flip in the payload changes the payload and nothing else.
     if (bit / 8 >= v.header_end()) {
       CHECK(got.payload == bad.substr(v.header_end()));

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include <zmq.hpp>
@@ -93,10 +94,20 @@ void encode(const message_view& m, encoded& out);
 /// Encodes `m` with the fields of `s` that are set (non-nil, non-zero) in
 /// place of its own; shares a large payload's buffer instead of copying it.
 void encode(const message& m, const stamp& s, encoded& out);
+/// Encodes `m` (with `s` as above) as the bytes of one frame, whatever the
+/// payload's size, into `out`: the envelope the queue protocol carries.
+void encode_single(const message& m, const stamp& s, std::string& out);
 
 /// Decodes one message of `count` frames (1 or 2) into `out`, taking the
 /// frames over. On failure `out` is unspecified and the reason is returned.
 [[nodiscard]] std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
                                                   message& out) noexcept;
+/// Decodes the one-frame message in bytes [offset, offset + size) of `frame`
+/// (one of several packed in it) into `out`, whose payload then shares the
+/// frame's buffer instead of copying it: the buffer lives as long as any
+/// message decoded from it. (A frame over borrowed bytes, made without a free
+/// function, is shared only as long as those bytes live.)
+[[nodiscard]] std::optional<reject_reason> decode_shared(zmq::message_t& frame, std::size_t offset,
+                                                         std::size_t size, message& out) noexcept;
 
 }  // namespace postbox

@@ -92,6 +92,10 @@ class producer {
 /// One message handed to a consumer. Ack, nack or reject it exactly once
 /// (a consumer that neither acks nor nacks gets it redelivered elsewhere
 /// after the visibility timeout).
+/// The device sends deliveries in batches of up to 64 KiB; a delivery's
+/// payload shares its batch's buffer rather than copying it, so holding a
+/// delivery (or a copy of its message) keeps that buffer: at most prefetch
+/// times 64 KiB while every delivery is held.
 struct delivery {
   message msg;
   std::string queue;
