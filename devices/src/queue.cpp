@@ -6,6 +6,7 @@
 
 #include <postbox/codec.hpp>
 #include <postbox/detail/queue_wire.hpp>
+#include <postbox/detail/ring.hpp>
 #include <postbox/detail/socket.hpp>
 #include <postbox/error.hpp>
 
@@ -218,7 +219,7 @@ struct queue_device::impl {
     std::optional<spool> messages;
     std::optional<spool> attempts;
     std::optional<cursor> tail;
-    std::deque<entry> ready;
+    detail::ring<entry> ready;
     std::multimap<std::uint64_t, entry> timers;  // by not_before_us; records dropped
     std::unordered_map<std::string, key_state> keys;
     std::unordered_map<std::uint64_t, attempt_info> attempt_log;  // by message position
@@ -1771,7 +1772,7 @@ struct queue_device::impl {
   dedup_table dedup;
   std::deque<std::pair<std::uint64_t, message_id>> dedup_order;
   std::uint64_t dedup_evicted = 0;
-  std::deque<ticket> tickets;     // numbers ticket_base, ticket_base + 1, ...
+  detail::ring<ticket> tickets;   // numbers ticket_base, ticket_base + 1, ...
   std::uint64_t ticket_base = 1;
   steady::time_point completed_at;  // when the completions in hand were taken
   std::vector<completion> completions_batch;

@@ -3,12 +3,13 @@
 #include <postbox/queue_client.hpp>
 
 #include <postbox/detail/queue_wire.hpp>
+#include <postbox/detail/ring.hpp>
 #include <postbox/detail/socket.hpp>
 #include <postbox/error.hpp>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -127,7 +128,12 @@ struct producer::impl {
     confirm_callback done = std::move(it->second.done);
     c.id = it->second.id;
     if (!it->second.transmitted) --untransmitted;
-    unconfirmed.erase(it);
+    // The node, and its frame's buffer, serve a later message.
+    auto node = unconfirmed.extract(it);
+    if (spare.size() < std::min(max_spare, opts.window) &&
+        node.mapped().frame.capacity() <= max_spare_frame) {
+      spare.push_back(std::move(node));
+    }
     ++ran;
     if (done) done(c);
   }
@@ -238,9 +244,22 @@ struct producer::impl {
     const std::uint64_t seq = ++next_seq;
     command.start(wire::cmd_publish, 5).uint(seq).str(queue).uint(to_ms(po.delay))
         .uint(to_ms(po.ttl)).bin(envelope);
-    pending p{s.id, std::string(command.view()), std::move(done), steady::now(), {}};
-    auto [it, inserted] = unconfirmed.emplace(seq, std::move(p));
-    (void)inserted;
+    if (spare.empty()) {
+      unconfirmed.emplace(
+          seq, pending{s.id, std::string(command.view()), std::move(done), steady::now(), {}});
+    } else {
+      auto node = std::move(spare.back());
+      spare.pop_back();
+      node.key() = seq;
+      pending& p = node.mapped();
+      p.id = s.id;
+      p.frame.assign(command.view());
+      p.done = std::move(done);
+      p.first_sent = steady::now();
+      p.resend_at = {};
+      p.transmitted = false;
+      unconfirmed.insert(std::move(node));
+    }
     ++st.sent;
     // Sent in batches: once batch_max are waiting, or at the next poll().
     if (++untransmitted >= batch_max) send_untransmitted();
@@ -251,6 +270,10 @@ struct producer::impl {
   producer_options opts;
   producer_stats st;
   std::map<std::uint64_t, pending> unconfirmed;
+  // Nodes of confirmed messages, reused by send_async: no allocation per message.
+  static constexpr std::size_t max_spare = 4096;  // and at most the window
+  static constexpr std::size_t max_spare_frame = 4096;
+  std::vector<std::map<std::uint64_t, pending>::node_type> spare;
   std::uint64_t next_seq = 0;
   std::size_t untransmitted = 0;  // pending messages never handed to libzmq
   std::uint64_t transmitted_upto = 0;  // every seq up to this one was handed to libzmq
@@ -527,7 +550,7 @@ struct consumer::impl {
 
   mutable std::mutex mu;
   std::condition_variable arrived;
-  std::deque<delivery> inbox;     // guarded by mu
+  detail::ring<delivery> inbox;   // guarded by mu
   std::vector<outgoing> outbox;   // guarded by mu
   bool stopping = false;          // guarded by mu
   std::string failure;            // guarded by mu: why the I/O thread stopped, if it did

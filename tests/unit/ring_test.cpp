@@ -1,0 +1,67 @@
+// postbox/detail/ring.hpp against std::deque: wrap-around, growth, shrinking,
+// and popped slots letting go of what they held.
+#include <postbox/detail/ring.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+
+using postbox::detail::ring;
+
+TEST_CASE("ring: agrees with std::deque through pushes at both ends, pops, growth and shrinking",
+          "[unit][ring]") {
+  std::mt19937 rng(GENERATE(7u, 8u));
+  ring<std::string> r;
+  std::deque<std::string> ref;
+  std::size_t largest = 0;
+  for (int step = 0; step < 200'000; ++step) {
+    // Phases that mostly grow, then mostly drain, so that both resizes happen.
+    const bool growing = (step / 20'000) % 2 == 0;
+    const auto op = rng() % 10;
+    if (op < (growing ? 6u : 2u)) {
+      const std::string v = "value " + std::to_string(step) + std::string(rng() % 40, 'x');
+      if (op == 0) {
+        r.push_front(v);
+        ref.push_front(v);
+      } else {
+        r.push_back(v);
+        ref.push_back(v);
+      }
+    } else if (!ref.empty()) {
+      REQUIRE(r.front() == ref.front());
+      r.pop_front();
+      ref.pop_front();
+    }
+    REQUIRE(r.size() == ref.size());
+    REQUIRE(r.empty() == ref.empty());
+    largest = std::max(largest, ref.size());
+    if (step % 997 == 0) {
+      for (std::size_t i = 0; i < ref.size(); ++i) REQUIRE(r[i] == ref[i]);
+      if (!ref.empty()) CHECK(r.back() == ref.back());
+    }
+    CHECK(r.capacity() >= r.size());
+  }
+  CHECK(largest > 1000);
+  // Drained, it has shrunk back.
+  while (!ref.empty()) {
+    r.pop_front();
+    ref.pop_front();
+  }
+  CHECK(r.capacity() <= 64);
+}
+
+TEST_CASE("ring: a popped slot holds nothing", "[unit][ring]") {
+  auto shared = std::make_shared<int>(42);
+  ring<std::shared_ptr<int>> r;
+  r.push_back(shared);
+  r.push_back(shared);
+  CHECK(shared.use_count() == 3);
+  r.pop_front();
+  CHECK(shared.use_count() == 2);
+  r.clear();
+  CHECK(shared.use_count() == 1);
+  CHECK(r.empty());
+}
