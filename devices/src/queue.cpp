@@ -1391,7 +1391,9 @@ struct queue_device::impl {
       }
       q->rate_enqueued = q->st.enqueued;
       q->rate_acked = q->st.acked;
+      q->ready.shrink();  // once a second: the rings fill and drain much more often
     }
+    tickets.shrink();
     last_rate_sample = now;
     next_rate_sample = now + std::chrono::seconds(1);
   }

@@ -536,6 +536,8 @@ struct consumer::impl {
       if (steady::now() >= next_beat) {
         send_take();
         next_beat = steady::now() + opts.heartbeat;
+        std::lock_guard lk(mu);
+        inbox.shrink();  // after a burst; not as it drains, which is all the time
       }
     }
   }

@@ -43,14 +43,25 @@ TEST_CASE("ring: agrees with std::deque through pushes at both ends, pops, growt
       if (!ref.empty()) CHECK(r.back() == ref.back());
     }
     CHECK(r.capacity() >= r.size());
+    if (step % 5000 == 0) {
+      r.shrink();
+      CHECK((r.capacity() <= 16 || r.size() * 4 >= r.capacity()));
+      for (std::size_t i = 0; i < ref.size(); ++i) REQUIRE(r[i] == ref[i]);
+    }
   }
   CHECK(largest > 1000);
-  // Drained, it has shrunk back.
+  // Drained, it keeps its room until asked to shrink.
+  for (int i = 0; i < 5000; ++i) {
+    r.push_back("more");
+    ref.push_back("more");
+  }
   while (!ref.empty()) {
     r.pop_front();
     ref.pop_front();
   }
-  CHECK(r.capacity() <= 64);
+  CHECK(r.capacity() > 1000);
+  r.shrink();
+  CHECK(r.capacity() == 16);
 }
 
 TEST_CASE("ring: a popped slot holds nothing", "[unit][ring]") {

@@ -4,9 +4,11 @@
 // std::deque allocates a 512-byte block for every few elements when they
 // are a couple of hundred bytes (a ticket, a delivery), so a queue that
 // elements pass through at 300,000 a second mallocs and frees all the time.
-// A ring reuses its slots: it allocates only to grow (doubling) or shrink
-// (halving when a quarter full), and a popped slot is reset to T() at once,
-// so that it holds on to nothing.
+// A ring reuses its slots: it allocates only to grow (doubling) or when its
+// owner asks it to shrink, and a popped slot is reset to T() at once, so
+// that it holds on to nothing. Shrinking is left to the owner (say once a
+// second) because these queues fill and drain many times a second: halving
+// as they drain would copy them back and forth each time.
 #pragma once
 
 #include <cstddef>
@@ -44,7 +46,12 @@ class ring {
     slots_[head_] = T();
     head_ = (head_ + 1) & mask();
     --size_;
-    if (slots_.size() > min_capacity && size_ * 4 < slots_.size()) resize(slots_.size() / 2);
+  }
+  /// Halves the array while it is under a quarter full (down to 16 slots).
+  void shrink() {
+    std::size_t capacity = slots_.size();
+    while (capacity > min_capacity && size_ * 4 < capacity) capacity /= 2;
+    if (capacity != slots_.size()) resize(capacity);
   }
   void clear() {
     slots_.clear();
