@@ -52,7 +52,7 @@ po::options_description describe() {
     ("plain-queue", po::value<std::string>()->default_value(d.plain_queue)->value_name("NAME"), "the queue --plain-out serves")
     ("control", po::value<std::string>()->default_value(d.control)->value_name("ENDPOINT"), "control endpoint (\"none\": off)")
     ("data-dir", po::value<std::string>()->default_value(d.data_dir.string())->value_name("DIR"), "one spool per queue under DIR")
-    ("fsync", po::value<std::string>()->default_value("always")->value_name("POLICY"), "always, interval=MS or never (never loses data on power loss)")
+    ("fsync", po::value<std::string>()->default_value("always")->value_name("POLICY"), "always (fdatasync before confirming), interval=MS or never (these two can lose confirmed messages on power loss)")
     ("segment-size", po::value<std::uint32_t>()->default_value(d.segment_size)->value_name("BYTES"), "spool segment size")
     ("max-attempts", po::value<std::uint32_t>()->default_value(d.max_attempts)->value_name("N"), "deliveries before a message is dead-lettered")
     ("visibility-timeout", po::value<long>()->default_value(d.visibility_timeout.count())->value_name("MS"), "unacked this long, a delivery goes to another consumer")
