@@ -7,10 +7,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <map>
 #include <random>
 #include <sstream>
+#include <vector>
 
 namespace {
 
@@ -39,15 +41,21 @@ TEST_CASE("spool crash: after kill -9 at random moments, every position reported
   INFO("seed " << seed);
   std::mt19937 rng(seed);
   std::map<std::uint64_t, std::uint64_t> durable;  // position -> id
-  int kills_while_appending = 0;
-  constexpr int rounds = 60;
-  for (int round = 0; round < rounds; ++round) {
+  // 54 rounds kill the child while it appends, 6 while it may still be
+  // opening; which rounds are which is shuffled.
+  constexpr int kills_while_appending = 54;
+  constexpr int kills_while_opening = 6;
+  static_assert(kills_while_appending >= 50);
+  std::vector<bool> kill_while_opening(kills_while_appending + kills_while_opening, false);
+  std::fill_n(kill_while_opening.begin(), kills_while_opening, true);
+  std::shuffle(kill_while_opening.begin(), kill_while_opening.end(), rng);
+  for (std::size_t round = 0; round < kill_while_opening.size(); ++round) {
     INFO("round " << round);
     postbox::test::child c({POSTBOX_SPOOL_CHILD, spool_dir.string(),
                             std::to_string((round + 1) * 1000000000ull), "3"});
     const int wait_for = static_cast<int>(rng() % 150);  // durable records before the kill
     std::string line;
-    if (rng() % 10 != 0) {  // one round in ten: kill while it may still be opening
+    if (!kill_while_opening[round]) {
       REQUIRE(c.read_line(line));
       CHECK(line.rfind("recovered ", 0) == 0);
       CHECK(line.find(" corrupt 0 ") != std::string::npos);
@@ -55,7 +63,6 @@ TEST_CASE("spool crash: after kill -9 at random moments, every position reported
         REQUIRE(c.read_line(line));
         parse_durable(line, durable);
       }
-      ++kills_while_appending;
     }
     c.kill(SIGKILL);
     CHECK(c.wait() == 128 + SIGKILL);
@@ -79,6 +86,5 @@ TEST_CASE("spool crash: after kill -9 at random moments, every position reported
       REQUIRE(it->second == spool_child_payload(id));
     }
   }
-  CHECK(kills_while_appending >= 50);
   CHECK(durable.size() > 1000);
 }
