@@ -42,8 +42,9 @@ constexpr std::size_t max_control_request = 256;
 constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before looking elsewhere
 constexpr milliseconds tick{100};
 constexpr milliseconds pause_threshold{1'000};
-// Deliveries to one consumer per frame. The consumer's messages share their
-// batch's buffer, so this also bounds what one held delivery keeps alive.
+// Deliveries to one consumer per frame: a batch is sent once it reaches this
+// size, so it holds at most this plus one delivery. A consumer shares the
+// batch's buffer only with a payload that is large or a good part of it.
 constexpr std::size_t max_batch_bytes = 64 * 1024;
 constexpr std::uint64_t max_delay_ms = 365ull * 24 * 3600 * 1000;
 constexpr std::size_t max_redrive_per_request = 10'000;  // one request holds the loop this long at most

@@ -567,10 +567,21 @@ std::optional<reject_reason> decode_shared(zmq::message_t& frame, std::size_t of
   std::size_t payload_offset = 0;
   const auto* data = static_cast<const std::uint8_t*>(frame.data()) + offset;
   if (auto r = decode_head(data, size, out, payload_offset)) return r;
+  const std::size_t payload_size = size - payload_offset;
+  if (payload_size < large_payload_threshold && payload_size * share_ratio < frame.size()) {
+    // A small payload in a big frame is copied: held, it must not keep
+    // the whole frame alive.
+    try {
+      detail_access::set_payload_frame(out, zmq::message_t(data + payload_offset, payload_size), 0,
+                                       payload_size);
+    } catch (const zmq::error_t&) {
+      return reject_reason::too_large;
+    }
+    return std::nullopt;
+  }
   zmq::message_t shared;
   shared.copy(frame);  // a reference to the same buffer (bytes copied only when tiny)
-  detail_access::set_payload_frame(out, std::move(shared), offset + payload_offset,
-                                   size - payload_offset);
+  detail_access::set_payload_frame(out, std::move(shared), offset + payload_offset, payload_size);
   return std::nullopt;
 }
 

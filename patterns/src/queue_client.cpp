@@ -403,7 +403,7 @@ struct consumer::impl {
   }
 
   // Reads one "dlv" (its name already read) from `frame` into `got`; false
-  // when malformed. The message's payload shares the frame's buffer.
+  // when malformed. A large payload shares the frame's buffer (decode_shared).
   bool read_delivery(zmq::message_t& frame, wire::reader& in, std::vector<delivery>& got) {
     std::uint64_t tag = 0, attempt = 0;
     std::string_view queue, envelope;

@@ -401,8 +401,8 @@ TEST_CASE("codec: encode_single gives one frame's bytes, the frames of encode() 
   }
 }
 
-TEST_CASE("codec: decode_shared reads one of several messages packed in a frame and keeps the "
-          "frame's buffer alive",
+TEST_CASE("codec: decode_shared reads one of several messages packed in a frame, shares the frame's "
+          "buffer with a payload that fills much of it and copies a small one",
           "[unit][codec]") {
   postbox::message a("orders.created", "first payload");
   postbox::message b("orders.paid", std::string(300, 'b'));
@@ -419,6 +419,13 @@ TEST_CASE("codec: decode_shared reads one of several messages packed in a frame 
     zmq::message_t frame(packed.data(), packed.size());  // libzmq's own copy
     REQUIRE_FALSE(postbox::decode_shared(frame, 3, ea.size(), back_a));
     REQUIRE_FALSE(postbox::decode_shared(frame, 3 + ea.size() + 3, eb.size(), back_b));
+    // b's payload is most of the frame: shared. a's is small beside it:
+    // copied, so that holding a does not keep the frame.
+    const auto* begin = static_cast<const char*>(frame.data());
+    const auto* end = begin + frame.size();
+    CHECK(back_b.payload().data() >= begin);
+    CHECK(back_b.payload().data() + back_b.payload().size() <= end);
+    CHECK((back_a.payload().data() >= end || back_a.payload().data() + back_a.payload().size() <= begin));
     // Out of the frame's bounds: refused, nothing read.
     postbox::message none;
     CHECK(postbox::decode_shared(frame, packed.size() + 1, 0, none) == postbox::reject_reason::bad_header);
@@ -435,6 +442,21 @@ TEST_CASE("codec: decode_shared reads one of several messages packed in a frame 
   postbox::message copy = back_b;
   back_b = postbox::message();
   CHECK(copy.payload() == std::string(300, 'b'));
+
+  // A large payload is shared however big the frame around it.
+  postbox::message c("videos.uploaded", std::string(postbox::large_payload_threshold, 'c'));
+  std::string ec;
+  postbox::encode_single(c, s, ec);
+  const std::string big = std::string(5 * postbox::large_payload_threshold, 'x') + ec;
+  postbox::message back_c;
+  {
+    zmq::message_t frame(big.data(), big.size());
+    REQUIRE_FALSE(postbox::decode_shared(frame, big.size() - ec.size(), ec.size(), back_c));
+    const auto* begin = static_cast<const char*>(frame.data());
+    CHECK(back_c.payload().data() >= begin);
+    CHECK(back_c.payload().data() + back_c.payload().size() <= begin + frame.size());
+  }
+  CHECK(back_c.payload() == c.payload());
 }
 
 TEST_CASE("codec: a reader accepts both frame forms for any payload size", "[unit][codec]") {

@@ -51,7 +51,7 @@ struct outcome {
   std::string payload;
   std::optional<std::string> key;
   std::size_t headers = 0;
-  bool payload_in_frame = true;  // the payload lies within the frame it came from
+  bool payload_in_frame = true;  // the payload lies within its slice of the frame, or wholly apart
 };
 
 std::string describe(const std::optional<reject_reason>& r) {
@@ -113,8 +113,11 @@ outcome decode_shared_exact(std::string_view bytes) {
       if (m.key()) result.key = std::string(*m.key());
       result.headers = m.headers().size();
       const auto* p = reinterpret_cast<const std::uint8_t*>(m.payload().data());
-      result.payload_in_frame = m.payload().empty() || (p >= buffer.get() + prefix.size() &&
-                                                         p + m.payload().size() <= buffer.get() + size);
+      // Shared, the payload lies inside this message's slice of the frame;
+      // copied (small beside the frame), wholly outside the frame.
+      const bool inside = p >= buffer.get() + prefix.size() && p + m.payload().size() <= buffer.get() + size;
+      const bool outside = p + m.payload().size() <= buffer.get() || p >= buffer.get() + size;
+      result.payload_in_frame = m.payload().empty() || inside || outside;
     }
   }
   return result;

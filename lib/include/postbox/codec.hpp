@@ -58,6 +58,9 @@ inline constexpr std::size_t max_skip_depth = 8;
 /// Payloads this size or larger travel in a frame of their own (bench/ shows
 /// why: below it one frame is faster, above it the copy costs more).
 inline constexpr std::size_t large_payload_threshold = 8 * 1024;
+/// decode_shared() shares a frame with a payload of at least 1/share_ratio
+/// of it.
+inline constexpr std::size_t share_ratio = 4;
 
 /// The header fields a channel stamps as it sends, over what the message has.
 struct stamp {
@@ -103,10 +106,13 @@ void encode_single(const message& m, const stamp& s, std::string& out);
 [[nodiscard]] std::optional<reject_reason> decode(zmq::message_t* frames, std::size_t count,
                                                   message& out) noexcept;
 /// Decodes the one-frame message in bytes [offset, offset + size) of `frame`
-/// (one of several packed in it) into `out`, whose payload then shares the
-/// frame's buffer instead of copying it: the buffer lives as long as any
-/// message decoded from it. (A frame over borrowed bytes, made without a free
-/// function, is shared only as long as those bytes live.)
+/// (one of several packed in it) into `out`. A payload of at least
+/// large_payload_threshold bytes, or of at least 1/share_ratio of the frame,
+/// shares the frame's buffer instead of copying it: the buffer then lives as
+/// long as any message decoded from it, so a held message keeps at most
+/// share_ratio times its payload (or one frame beside a large payload)
+/// alive. Smaller payloads are copied. (A frame over borrowed bytes, made
+/// without a free function, is shared only as long as those bytes live.)
 [[nodiscard]] std::optional<reject_reason> decode_shared(zmq::message_t& frame, std::size_t offset,
                                                          std::size_t size, message& out) noexcept;
 
