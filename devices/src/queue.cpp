@@ -227,6 +227,8 @@ struct queue_device::impl {
     // Positions a redrive or a dead-lettering must not touch: a dead-letter
     // queue's deliveries in flight, and records being moved.
     std::unordered_set<std::uint64_t> busy;
+    // Read-ahead records and the memory they hold (their capacity, which
+    // for a recycled buffer can exceed the record).
     std::size_t buffered = 0, buffered_bytes = 0;
     std::vector<std::string> consumers;  // routing ids, round-robin
     std::size_t next_consumer = 0;
@@ -270,6 +272,10 @@ struct queue_device::impl {
     lock_data_dir();
     tag_base = std::random_device{}() | std::uint64_t{std::random_device{}()} << 31;
     next_tag = tag_base;
+    // Room for every spare now: keeping one must never fail (the flight or
+    // record it came from is already out of its container).
+    spare_flights.reserve(max_spares);
+    spare_records.reserve(max_spares);
     wake_fd.fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     wake = wake_fd.fd;
     if (wake < 0) throw transport_error("postbox-queue: eventfd failed");
@@ -472,7 +478,8 @@ struct queue_device::impl {
 
   using dedup_entry = dedup_table::slot;
 
-  // Adds `id` to the window; returns its entry when it was already there.
+  // Adds `id` to the window; returns its entry when it was already there
+  // (never for the nil id, which the table refuses).
   const dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
     if (config.dedup_window.count() == 0) return nullptr;
     const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
@@ -968,7 +975,7 @@ struct queue_device::impl {
   }
 
   void requeue_front(queue& q, entry e) {
-    q.buffered_bytes += e.record.size();
+    q.buffered_bytes += e.record.capacity();
     ++q.buffered;
     q.ready.push_front(std::move(e));
   }
@@ -1080,7 +1087,7 @@ struct queue_device::impl {
     entry e = std::move(k->second.waiting.front());
     k->second.waiting.pop_front();
     --q.buffered;
-    q.buffered_bytes -= e.record.size();
+    q.buffered_bytes -= e.record.capacity();
     k->second.holder = e.pos.to_u64();
     route(q, std::move(e));
   }
@@ -1093,7 +1100,7 @@ struct queue_device::impl {
       q.timers.emplace(e.not_before_us, std::move(e));
       return;
     }
-    q.buffered_bytes += e.record.size();
+    q.buffered_bytes += e.record.capacity();
     ++q.buffered;
     q.ready.push_back(std::move(e));
   }
@@ -1105,7 +1112,7 @@ struct queue_device::impl {
       (void)fresh;
       if (k->second.holder || !k->second.waiting.empty()) {
         ++q.buffered;
-        q.buffered_bytes += e.record.size();
+        q.buffered_bytes += e.record.capacity();
         k->second.waiting.push_back(std::move(e));
         return;
       }
@@ -1221,7 +1228,7 @@ struct queue_device::impl {
     entry e = std::move(q.ready.front());
     q.ready.pop_front();
     --q.buffered;
-    q.buffered_bytes -= e.record.size();
+    q.buffered_bytes -= e.record.capacity();
     return e;
   }
 

@@ -62,7 +62,7 @@ po::options_description describe() {
     ("dedup-window", po::value<long>()->default_value(d.dedup_window.count())->value_name("MS"), "producer ids remembered this long (0: no de-duplication)")
     ("dedup-max-ids", po::value<std::size_t>()->default_value(d.dedup_max_ids)->value_name("N"), "at most this many ids remembered")
     ("buffer-messages", po::value<std::size_t>()->default_value(d.buffer_messages)->value_name("N"), "messages read ahead of delivery per queue")
-    ("buffer-bytes", po::value<std::size_t>()->default_value(d.buffer_bytes)->value_name("BYTES"), "bytes read ahead of delivery per queue")
+    ("buffer-bytes", po::value<std::size_t>()->default_value(d.buffer_bytes)->value_name("BYTES"), "memory for records read ahead of delivery per queue")
     ("max-prefetch", po::value<std::uint32_t>()->default_value(d.max_prefetch)->value_name("N"), "unacked deliveries one consumer holds at most, whatever it asks for")
     ("max-queues", po::value<std::size_t>()->default_value(d.max_queues)->value_name("N"), "queues the device opens at most")
     ("max-message-size", po::value<std::int64_t>()->default_value(d.max_message_size)->value_name("BYTES"), "largest frame accepted; a larger one drops its connection")
