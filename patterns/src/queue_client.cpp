@@ -66,6 +66,8 @@ struct producer::impl {
     if (opts.give_up_after < opts.resend_after) {
       throw config_error("producer give_up_after must be at least resend_after");
     }
+    // Room for every spare node now: keeping one must never fail.
+    spare.reserve(std::min(max_spare, opts.window));
   }
 
   // Sends a message again, alone, without waiting; false when libzmq would block.

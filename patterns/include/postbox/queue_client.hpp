@@ -45,6 +45,8 @@ struct publish_options {
 struct producer_options {
   socket_options socket;
   /// Unconfirmed messages at most; send_async waits (confirming) beyond it.
+  /// The producer also keeps the buffers of up to min(window, 4,096)
+  /// confirmed messages of at most 4 KiB each, for the next ones.
   std::size_t window = 1'000;
   /// An unconfirmed message is sent again, with the same id, after this long.
   std::chrono::milliseconds resend_after{2'000};
