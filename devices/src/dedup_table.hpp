@@ -37,13 +37,16 @@ class dedup_table {
 
   /// The entry for `id`, or null. Valid until the next insert or erase.
   [[nodiscard]] slot* find(const message_id& id) noexcept {
+    if (vacant(id)) return nullptr;  // the nil id marks empty slots; it is never held
     const std::uint64_t h = hash(id);
     return shard_of(h).find(id, h);
   }
 
   /// Inserts `id`; returns its slot and true, or the slot already holding it
-  /// and false. The slot is valid until the next insert or erase.
+  /// and false. The slot is valid until the next insert or erase. The nil
+  /// id is refused: null and false.
   std::pair<slot*, bool> insert(const message_id& id, std::uint64_t expires_ms, bool durable) {
+    if (vacant(id)) return {nullptr, false};
     const std::uint64_t h = hash(id);
     auto r = shard_of(h).insert(id, h);
     if (r.second) {
@@ -55,6 +58,7 @@ class dedup_table {
 
   /// Removes `id`; false when it was not there.
   bool erase(const message_id& id) noexcept {
+    if (vacant(id)) return false;
     const std::uint64_t h = hash(id);
     if (!shard_of(h).erase(id, h)) return false;
     --size_;
@@ -107,7 +111,7 @@ class dedup_table {
   }
 
   // One open-addressing table; its slots come from calloc (an empty table is
-  // all zeros). The low bits of the hash place an id; the top bits chose the shard.
+  // all zeros). The low bits of the hash place an id; the top bits choose the shard.
   class shard {
    public:
     shard() = default;

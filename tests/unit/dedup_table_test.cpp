@@ -66,6 +66,28 @@ TEST_CASE("dedup table: insert, find, mark durable and erase", "[dedup]") {
   CHECK(t.size() == 0);
 }
 
+TEST_CASE("dedup table: the nil id, which marks empty slots, is never found, held or erased",
+          "[dedup]") {
+  dedup_table t;
+  const message_id nil;
+  REQUIRE(nil.is_nil());
+  CHECK(t.find(nil) == nullptr);  // empty table
+  for (std::uint64_t n = 0; n < 10; ++n) REQUIRE(t.insert(id_of(n), 1000 + n, false).second);
+  // With slots allocated, most of them empty: still not found.
+  CHECK(t.find(nil) == nullptr);
+  const auto [s, fresh] = t.insert(nil, 5000, true);
+  CHECK(s == nullptr);
+  CHECK_FALSE(fresh);
+  CHECK(t.size() == 10);
+  CHECK_FALSE(t.erase(nil));
+  CHECK(t.size() == 10);
+  for (std::uint64_t n = 0; n < 10; ++n) {
+    const auto* e = t.find(id_of(n));
+    REQUIRE(e != nullptr);
+    CHECK(e->expires_ms() == 1000 + n);
+  }
+}
+
 TEST_CASE("dedup table: agrees with a map through growth, erasures and shrinking",
           "[dedup]") {
   constexpr std::uint64_t universe = 40'000;
