@@ -12,6 +12,8 @@
 #pragma once
 
 #include <cstddef>
+#include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -48,10 +50,15 @@ class ring {
     --size_;
   }
   /// Halves the array while it is under a quarter full (down to 16 slots).
-  void shrink() {
+  /// Best effort: without memory for the smaller array it keeps the old one.
+  void shrink() noexcept {
     std::size_t capacity = slots_.size();
     while (capacity > min_capacity && size_ * 4 < capacity) capacity /= 2;
-    if (capacity != slots_.size()) resize(capacity);
+    if (capacity == slots_.size()) return;
+    try {
+      resize(capacity);
+    } catch (const std::bad_alloc&) {
+    }
   }
   void clear() {
     slots_.clear();
@@ -63,7 +70,10 @@ class ring {
 
   [[nodiscard]] std::size_t mask() const noexcept { return slots_.size() - 1; }
 
+  // Throws only before it touches the elements (moving them cannot throw),
+  // so a failed resize leaves the ring as it was.
   void resize(std::size_t capacity) {
+    static_assert(std::is_nothrow_move_assignable_v<T>, "a ring moves its elements when it grows");
     std::vector<T> fresh(capacity);
     for (std::size_t i = 0; i < size_; ++i) fresh[i] = std::move((*this)[i]);
     slots_.swap(fresh);
