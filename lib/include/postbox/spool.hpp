@@ -33,7 +33,9 @@ struct spool_options {
   /// Fully-done segments are deleted, oldest first, while the spool is larger (0: none).
   std::uint64_t retention_bytes = 0;
   /// append() blocks while this many bytes wait for the writer (back-pressure).
-  std::size_t max_queued_bytes = 64u * 1024 * 1024;
+  /// More than a few MiB does not help: the batch buffers fall out of the
+  /// CPU's caches (postbox-bench-spool).
+  std::size_t max_queued_bytes = 8u * 1024 * 1024;
 };
 
 /// Where a record lives: segment number and byte offset of its header.
