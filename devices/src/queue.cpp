@@ -42,10 +42,15 @@ constexpr std::size_t max_control_request = 256;
 constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before looking elsewhere
 constexpr milliseconds tick{100};
 constexpr milliseconds pause_threshold{1'000};
-// Deliveries to one consumer per frame: a batch is sent once it reaches this
-// size, so it holds at most this plus one delivery. A consumer shares the
-// batch's buffer only with a payload that is large or a good part of it.
+// Deliveries to one consumer per frame: a batch is sent before a delivery
+// would take it past this size, so it holds at most this many bytes, or one
+// larger delivery alone. A consumer shares the batch's buffer only with a
+// payload that is large or a good part of it, so a held delivery keeps at
+// most this much beside its own payload.
 constexpr std::size_t max_batch_bytes = 64 * 1024;
+// A "dlv" beside its envelope and queue name: array and string headers, the
+// command, the tag and the attempt count (an upper bound).
+constexpr std::size_t dlv_overhead = 32;
 constexpr std::uint64_t max_delay_ms = 365ull * 24 * 3600 * 1000;
 constexpr std::size_t max_redrive_per_request = 10'000;  // one request holds the loop this long at most
 
@@ -975,9 +980,10 @@ struct queue_device::impl {
   }
 
   void requeue_front(queue& q, entry e) {
-    q.buffered_bytes += e.record.capacity();
+    const std::size_t bytes = e.record.capacity();
+    q.ready.push_front(std::move(e));  // counted once it is in
+    q.buffered_bytes += bytes;
     ++q.buffered;
-    q.ready.push_front(std::move(e));
   }
 
   // Tries again later to move `e` to the dead-letter queue.
@@ -1100,9 +1106,10 @@ struct queue_device::impl {
       q.timers.emplace(e.not_before_us, std::move(e));
       return;
     }
-    q.buffered_bytes += e.record.capacity();
-    ++q.buffered;
+    const std::size_t bytes = e.record.capacity();
     q.ready.push_back(std::move(e));
+    q.buffered_bytes += bytes;
+    ++q.buffered;
   }
 
   // A message read from the spool's tail.
@@ -1111,9 +1118,10 @@ struct queue_device::impl {
       auto [k, fresh] = q.keys.try_emplace(*e.key);
       (void)fresh;
       if (k->second.holder || !k->second.waiting.empty()) {
-        ++q.buffered;
-        q.buffered_bytes += e.record.capacity();
+        const std::size_t bytes = e.record.capacity();
         k->second.waiting.push_back(std::move(e));
+        ++q.buffered;
+        q.buffered_bytes += bytes;
         return;
       }
       k->second.holder = e.pos.to_u64();
@@ -1255,7 +1263,14 @@ struct queue_device::impl {
       return true;
     }
     // Deliveries to one consumer collect in its batch, sent as one frame at
-    // the end of the loop's turn (send_batches).
+    // the end of the loop's turn (send_batches), or before this one would
+    // take it past max_batch_bytes. Then the dispatch loop comes back to
+    // this message, which is still at the head (the consumer may be gone).
+    if (!c.batch_tags.empty() &&
+        c.batch.size() + f.envelope.size() + q.name.size() + dlv_overhead > max_batch_bytes) {
+      send_batch(c);
+      return true;
+    }
     const std::uint64_t tag = next_tag++;
     out.start(wire::cmd_deliver, 4).uint(tag).str(q.name).uint(head.attempts).bin(f.envelope);
     if (c.batch_tags.empty()) batching.push_back(c.id);

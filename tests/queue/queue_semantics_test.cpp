@@ -1001,6 +1001,61 @@ TEST_CASE("queue: a plain receiver pulls the plain queue's messages from the PUS
   CHECK(ctl.wait_field("depth", "outbox", 0));
 }
 
+TEST_CASE("queue: deliveries reach a consumer in frames of at most 64 KiB, a larger delivery "
+          "alone",
+          "[queue]") {
+  // A consumer that holds a delivery sharing its batch's buffer keeps the
+  // whole frame alive (queue_client.hpp), so the bound matters.
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, base_config(dir));
+  producer p(ctx, dev.clients(), "jobs");
+  std::vector<std::size_t> sizes;
+  for (int i = 0; i < 7; ++i) sizes.push_back(20 * 1024);
+  sizes.push_back(100 * 1024);
+  for (int i = 0; i < 5; ++i) sizes.push_back(20 * 1024);
+  for (std::size_t i = 0; i < sizes.size(); ++i)
+    REQUIRE(p.send(message("work", std::string(sizes[i], static_cast<char>('a' + i)))).ok);
+
+  zmq::socket_t h = raw_socket(ctx, zmq::socket_type::dealer, dev.device().client_endpoints().front());
+  send_frames(h, {pack(std::string("take"), std::vector<std::string>{"jobs"}, 1000, 10'000)});
+  constexpr std::size_t batch_header = 12;  // ["batch", [...]]: fixarray, "batch", array32
+  std::vector<std::size_t> got;  // payload sizes, in delivery order
+  std::size_t batches = 0;
+  while (got.size() < sizes.size()) {
+    zmq::message_t frame;
+    REQUIRE(h.recv(frame));
+    const auto handle = msgpack::unpack(static_cast<const char*>(frame.data()), frame.size());
+    const auto& cmd = handle.get().via.array;
+    const auto name = cmd.ptr[0].as<std::string>();
+    auto take_dlv = [&](const msgpack::object& o) {
+      REQUIRE(o.via.array.ptr[0].as<std::string>() == "dlv");
+      const auto env = o.via.array.ptr[4].as<std::vector<char>>();
+      zmq::message_t f(env.data(), env.size());
+      message m;
+      REQUIRE_FALSE(decode(&f, 1, m));
+      got.push_back(m.payload().size());
+    };
+    if (name == "hb") continue;
+    INFO("frame of " << frame.size() << " bytes: " << name);
+    if (name == "dlv") {
+      take_dlv(handle.get());
+    } else {
+      REQUIRE(name == "batch");
+      CHECK(frame.size() <= 64 * 1024 + batch_header);
+      const auto& list = cmd.ptr[1].via.array;
+      CHECK(list.size >= 2);
+      for (std::uint32_t i = 0; i < list.size; ++i) {
+        take_dlv(list.ptr[i]);
+        CHECK(got.back() < 64 * 1024);  // the 100 KiB one travels alone
+      }
+      ++batches;
+    }
+  }
+  CHECK(got == sizes);
+  CHECK(batches >= 2);  // 20 KiB deliveries do travel in batches
+}
+
 // ------------------------------------------------------------ 9. refusals
 
 TEST_CASE("queue: a producer to a queue the device will not take gets a refusal with a reason",

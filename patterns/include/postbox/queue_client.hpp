@@ -94,12 +94,12 @@ class producer {
 /// One message handed to a consumer. Ack, nack or reject it exactly once
 /// (a consumer that neither acks nor nacks gets it redelivered elsewhere
 /// after the visibility timeout).
-/// The device sends deliveries in batches (of 64 KiB plus at most one
-/// delivery). A payload of 8 KiB or more, or of a quarter of its batch or
-/// more, shares the batch's buffer rather than copying it, so holding such a
-/// delivery (or a copy of its message) keeps that buffer alive: a held
-/// message keeps at most four times its payload, or 64 KiB beside a large
-/// one. Smaller payloads are copied out of the batch.
+/// The device sends deliveries in batches of at most 64 KiB (a larger
+/// delivery travels alone). A payload of 8 KiB or more, or of a quarter of
+/// its batch or more, shares the batch's buffer rather than copying it, so
+/// holding such a delivery (or a copy of its message) keeps that buffer
+/// alive: a held message keeps at most four times its payload or 64 KiB,
+/// whichever is more. Smaller payloads are copied out of the batch.
 struct delivery {
   message msg;
   std::string queue;
