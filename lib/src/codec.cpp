@@ -570,14 +570,14 @@ std::optional<reject_reason> decode_shared(zmq::message_t& frame, std::size_t of
   const std::size_t payload_size = size - payload_offset;
   if (payload_size < large_payload_threshold && payload_size * share_ratio < frame.size()) {
     // A small payload in a big frame is copied: held, it must not keep
-    // the whole frame alive.
+    // the whole frame alive. Without memory for the copy it shares the
+    // frame after all: a valid message is never refused for that.
     try {
       detail_access::set_payload_frame(out, zmq::message_t(data + payload_offset, payload_size), 0,
                                        payload_size);
+      return std::nullopt;
     } catch (const zmq::error_t&) {
-      return reject_reason::too_large;
     }
-    return std::nullopt;
   }
   zmq::message_t shared;
   shared.copy(frame);  // a reference to the same buffer (bytes copied only when tiny)
