@@ -65,8 +65,10 @@ class dedup_table {
     return true;
   }
 
-  /// Gives memory back after a spike: halves each shard under 1/8 full.
-  void shrink_to_fit() {
+  /// Gives memory back after a spike: halves each shard until it is at
+  /// least 1/8 full (or down to 64 slots). Best effort: a shard without
+  /// memory for its smaller array keeps the old one.
+  void shrink_to_fit() noexcept {
     for (auto& s : shards_) s.shrink();
   }
 
@@ -156,8 +158,14 @@ class dedup_table {
       return true;
     }
 
-    void shrink() {
-      if (capacity_ > min_capacity && size_ * 8 < capacity_) rehash(capacity_ / 2);
+    void shrink() noexcept {
+      std::size_t capacity = capacity_;
+      while (capacity > min_capacity && size_ * 8 < capacity) capacity /= 2;
+      if (capacity == capacity_) return;
+      try {
+        rehash(capacity);
+      } catch (const std::bad_alloc&) {
+      }
     }
 
     [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
@@ -173,6 +181,7 @@ class dedup_table {
       return slots_[i];
     }
 
+    // Throws std::bad_alloc before it changes anything.
     void rehash(std::size_t capacity) {
       auto* fresh = static_cast<slot*>(std::calloc(capacity, sizeof(slot)));
       if (fresh == nullptr) throw std::bad_alloc();

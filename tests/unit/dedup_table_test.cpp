@@ -133,3 +133,22 @@ TEST_CASE("dedup table: agrees with a map through growth, erasures and shrinking
   for (int i = 0; i < 60'000; ++i) random_op(80);
   check_same(t, ref, universe);
 }
+
+TEST_CASE("dedup table: one shrink after a spike drains gives the memory back at once",
+          "[dedup]") {
+  dedup_table t;
+  constexpr std::uint64_t spike = 100'000;
+  for (std::uint64_t n = 1; n <= spike; ++n) REQUIRE(t.insert(id_of(n), n, true).second);
+  const std::size_t grown = t.capacity();
+  for (std::uint64_t n = 1; n <= spike; ++n)
+    if (n % 200 != 0) REQUIRE(t.erase(id_of(n)));
+  REQUIRE(t.size() == spike / 200);
+  t.shrink_to_fit();
+  // Each shard is now at least 1/8 full or at its 64 slots.
+  CHECK(t.capacity() <= 64 * 64 + 8 * t.size());
+  CHECK(t.capacity() < grown / 16);
+  for (std::uint64_t n = 200; n <= spike; n += 200) {
+    REQUIRE(t.find(id_of(n)) != nullptr);
+    CHECK(t.find(id_of(n))->expires_ms() == n);
+  }
+}
