@@ -113,11 +113,14 @@ outcome decode_shared_exact(std::string_view bytes) {
       if (m.key()) result.key = std::string(*m.key());
       result.headers = m.headers().size();
       const auto* p = reinterpret_cast<const std::uint8_t*>(m.payload().data());
-      // Shared, the payload lies inside this message's slice of the frame;
-      // copied (small beside the frame), wholly outside the frame.
-      const bool inside = p >= buffer.get() + prefix.size() && p + m.payload().size() <= buffer.get() + size;
-      const bool outside = p + m.payload().size() <= buffer.get() || p >= buffer.get() + size;
-      result.payload_in_frame = m.payload().empty() || inside || outside;
+      // Shared (large, or a good part of the frame), the payload lies inside
+      // this message's slice of the frame; copied, wholly outside it.
+      const std::size_t n = m.payload().size();
+      const bool inside = p >= buffer.get() + prefix.size() && p + n <= buffer.get() + size;
+      const bool outside = p + n <= buffer.get() || p >= buffer.get() + size;
+      const bool shared =
+          n >= postbox::large_payload_threshold || n * postbox::share_ratio >= size;
+      result.payload_in_frame = n == 0 || (shared ? inside : outside);
     }
   }
   return result;
