@@ -7,6 +7,7 @@
 #include <postbox/detail/spool_state.hpp>
 #include <postbox/error.hpp>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -170,17 +171,54 @@ class spool_writer {
     append_callback cb;
   };
 
-  // What the staging vectors reserve: a full queue of ~100-byte records, but
-  // never more than 64 MiB of address space each way (larger queues, or
-  // smaller records, grow the vectors as before).
+  // Appenders queue records in lanes, each thread in its own while there are
+  // no more threads than lanes, so that they do not contend for one cache
+  // line (a shared lock, or even a shared counter, cost more than the rest of
+  // an append). The writer takes every lane's records at once and writes
+  // them in lane order. Each lane holds at most max_queued_bytes / lane_count.
+  static constexpr std::size_t lane_count = 4;
+  struct alignas(64) lane {
+    std::mutex mu;
+    std::vector<unsigned char> staging;
+    std::vector<entry> entries;
+    // staging.size(), changed under `mu`; read without it by the writer's
+    // wake-up check and by a waiting appender.
+    std::atomic<std::size_t> bytes{0};
+  };
+  // One batch as the writer holds it: each lane's bytes and entries (the
+  // vectors swapped out of the lanes, keeping their capacity), then the
+  // done records it makes.
+  struct batch_parts {
+    std::array<std::vector<unsigned char>, lane_count + 1> bytes;
+    std::array<std::vector<entry>, lane_count + 1> entries;
+    [[nodiscard]] bool empty() const noexcept {
+      for (const auto& e : entries)
+        if (!e.empty()) return false;
+      return true;
+    }
+    void clear() noexcept {
+      for (auto& b : bytes) b.clear();
+      for (auto& e : entries) e.clear();
+    }
+  };
+  static constexpr std::size_t marks_part = lane_count;
+  // An entry of a batch in write order, with where its bytes are.
+  struct flat_entry {
+    entry* e;
+    const unsigned char* bytes;
+  };
+
+  // What each lane's vectors reserve: a full queue of ~100-byte records
+  // shared among the lanes, never more than 64 MiB of address space in all
+  // (larger queues, or smaller records, grow the vectors as needed).
   std::size_t reserved_bytes() const noexcept {
-    return std::min<std::size_t>(opts_.max_queued_bytes, 64u << 20);
+    return std::min<std::size_t>(opts_.max_queued_bytes, 64u << 20) / lane_count;
   }
   std::size_t reserved_entries() const noexcept { return reserved_bytes() / 128; }
+  static std::size_t my_lane() noexcept;
   void recover();
   void run();
-  bool process(std::vector<unsigned char>& buf, std::vector<entry>& batch,
-               std::vector<position>& marks, bool force_sync);
+  bool process(batch_parts& parts, std::vector<position>& marks, bool force_sync);
   std::error_code roll();
   void set_fault(int err);
   void reclaim_now();
@@ -193,10 +231,20 @@ class spool_writer {
   std::vector<position> carry_marks_;  // marks whose done record failed to write
   std::vector<position> pos_;          // positions of a batch's entries, reused (writer thread only)
 
-  mutable std::mutex qmu_;
+  std::vector<flat_entry> flat_;       // a batch's entries in write order (writer thread only)
+
+  [[nodiscard]] bool lanes_empty() const noexcept {
+    for (const auto& l : lanes_)
+      if (l.bytes.load(std::memory_order_acquire) != 0) return false;
+    return true;
+  }
+  [[nodiscard]] std::size_t lane_limit() const noexcept {
+    return std::max<std::size_t>(1, opts_.max_queued_bytes / lane_count);
+  }
+
+  std::array<lane, lane_count> lanes_;
+  mutable std::mutex qmu_;  // the rest of the shared state; taken before a lane's lock
   std::condition_variable writer_cv_, space_cv_, flush_cv_;
-  std::vector<unsigned char> staging_;
-  std::vector<entry> entries_;
   std::vector<position> marks_;
   bool stop_ = false;
   bool reclaim_req_ = true;
@@ -240,12 +288,14 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
     ::close(lock_fd_);
     throw;
   }
-  // Appenders fill staging_ and entries_, and the writer swaps them with its
-  // own pair, so all four keep their capacity. Reserving it up front spares
-  // appenders the reallocation copies (and their page faults) while batches
-  // grow; only the pages touched take memory.
-  staging_.reserve(reserved_bytes());
-  entries_.reserve(reserved_entries());
+  // Appenders fill the lanes' vectors, and the writer swaps them with its
+  // own, so all keep their capacity. Reserving it up front spares appenders
+  // the reallocation copies (and their page faults) while batches grow; only
+  // the pages touched take memory.
+  for (auto& l : lanes_) {
+    l.staging.reserve(reserved_bytes());
+    l.entries.reserve(reserved_entries());
+  }
   thread_ = std::thread([this] { run(); });
   writer_id_ = thread_.get_id();
 }
@@ -364,24 +414,48 @@ spool_writer::~spool_writer() {
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
+std::size_t spool_writer::my_lane() noexcept {
+  static std::atomic<std::size_t> next{0};
+  thread_local const std::size_t mine = next.fetch_add(1, std::memory_order_relaxed) % lane_count;
+  return mine;
+}
+
 append_status spool_writer::append(std::string_view payload, append_callback cb) {
   if (payload.size() > max_payload()) return append_status::too_large;
   const auto len = static_cast<std::uint32_t>(payload.size());
   unsigned char header[fmt::record_header_size];
   fmt::encode_record_header(fmt::type_data, payload.data(), len, header);
-  std::unique_lock lk(qmu_);
-  if (std::this_thread::get_id() != writer_id_) {
+  lane& l = lanes_[my_lane()];
+  if (l.bytes.load(std::memory_order_relaxed) >= lane_limit() &&
+      std::this_thread::get_id() != writer_id_) {
+    std::unique_lock lk(qmu_);
     space_cv_.wait(lk, [&] {
-      return staging_.size() < opts_.max_queued_bytes || faulted_.load() || stop_;
+      return l.bytes.load(std::memory_order_acquire) < lane_limit() || faulted_.load() || stop_;
     });
   }
   if (faulted_.load()) return append_status::failed;
-  const bool wake = entries_.empty();
-  staging_.insert(staging_.end(), header, header + sizeof header);
-  const auto* p = reinterpret_cast<const unsigned char*>(payload.data());
-  staging_.insert(staging_.end(), p, p + len);
-  entries_.push_back({static_cast<std::uint32_t>(sizeof header + len), true, std::move(cb)});
-  if (wake) writer_cv_.notify_one();
+  const std::size_t framed = sizeof header + len;
+  bool wake = false;
+  {
+    std::lock_guard lk(l.mu);
+    l.staging.insert(l.staging.end(), header, header + sizeof header);
+    const auto* p = reinterpret_cast<const unsigned char*>(payload.data());
+    l.staging.insert(l.staging.end(), p, p + len);
+    try {
+      l.entries.push_back({static_cast<std::uint32_t>(framed), true, std::move(cb)});
+    } catch (...) {
+      l.staging.resize(l.staging.size() - framed);
+      throw;
+    }
+    wake = l.staging.size() == framed;
+    l.bytes.store(l.staging.size(), std::memory_order_release);  // a fence here costs the append
+  }
+  if (wake) {
+    // Under qmu_, so that the writer is either before its check of the
+    // lanes or already waiting.
+    { std::lock_guard lk(qmu_); }
+    writer_cv_.notify_one();
+  }
   return append_status::queued;
 }
 
@@ -449,10 +523,11 @@ void spool_writer::set_fault(int err) {
 }
 
 void spool_writer::run() {
-  std::vector<unsigned char> buf;
-  buf.reserve(reserved_bytes());
-  std::vector<entry> batch;
-  batch.reserve(reserved_entries());
+  batch_parts parts;
+  for (std::size_t i = 0; i < lane_count; ++i) {
+    parts.bytes[i].reserve(reserved_bytes());
+    parts.entries[i].reserve(reserved_entries());
+  }
   std::vector<position> marks;
   const auto interval = opts_.fsync_interval;
   auto next_sync = steady::now() + interval;
@@ -464,7 +539,7 @@ void spool_writer::run() {
   std::unique_lock lk(qmu_);
   while (true) {
     const auto ready = [&] {
-      return stop_ || !entries_.empty() || !marks_.empty() || flush_req_ != flush_done_ ||
+      return stop_ || !lanes_empty() || !marks_.empty() || flush_req_ != flush_done_ ||
              reclaim_req_;
     };
     if (!ready()) {
@@ -477,8 +552,13 @@ void spool_writer::run() {
         writer_cv_.wait_until(lk, deadline, ready);
     }
     const bool stopping = stop_;
-    buf.swap(staging_);
-    batch.swap(entries_);
+    for (std::size_t i = 0; i < lane_count; ++i) {
+      lane& l = lanes_[i];
+      std::lock_guard ll(l.mu);
+      parts.bytes[i].swap(l.staging);
+      parts.entries[i].swap(l.entries);
+      l.bytes.store(0, std::memory_order_release);
+    }
     marks.swap(marks_);
     const std::uint64_t flush_target = flush_req_;
     const bool force_sync = flush_target != flush_done_;
@@ -487,9 +567,8 @@ void spool_writer::run() {
     space_cv_.notify_all();
     lk.unlock();
 
-    if (!batch.empty() || !marks.empty() || force_sync) process(buf, batch, marks, force_sync);
-    buf.clear();
-    batch.clear();
+    if (!parts.empty() || !marks.empty() || force_sync) process(parts, marks, force_sync);
+    parts.clear();
     marks.clear();
     const auto now = steady::now();
     if (opts_.fsync == fsync_policy::interval && now >= next_sync) {
@@ -509,7 +588,7 @@ void spool_writer::run() {
     lk.lock();
     flush_done_ = flush_target;
     flush_cv_.notify_all();
-    if (stopping && entries_.empty() && marks_.empty()) break;
+    if (stopping && lanes_empty() && marks_.empty()) break;
   }
 }
 
@@ -533,12 +612,12 @@ std::error_code spool_writer::roll() {
   return {};
 }
 
-bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& batch,
-                           std::vector<position>& marks, bool force_sync) {
+bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, bool force_sync) {
   if (faulted_.load()) {
     const std::error_code e = fault();
-    for (auto& en : batch)
-      if (en.cb) en.cb({{}, e});
+    for (auto& part : parts.entries)
+      for (auto& en : part)
+        if (en.cb) en.cb({{}, e});
     return false;
   }
   // Done marks become done records at the end of the batch.
@@ -546,39 +625,49 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
     marks.insert(marks.begin(), carry_marks_.begin(), carry_marks_.end());
     carry_marks_.clear();
   }
-  const std::size_t first_mark_entry = batch.size();
+  std::vector<unsigned char>& mbuf = parts.bytes[marks_part];
+  std::vector<entry>& mentries = parts.entries[marks_part];
   const std::size_t per_record = max_payload() / fmt::done_entry_size;
   for (std::size_t i = 0; i < marks.size(); i += per_record) {
     const std::size_t n = std::min(per_record, marks.size() - i);
     const auto len = static_cast<std::uint32_t>(n * fmt::done_entry_size);
-    const std::size_t at = buf.size();
-    buf.resize(at + fmt::record_header_size + len);
-    unsigned char* payload = buf.data() + at + fmt::record_header_size;
+    const std::size_t at = mbuf.size();
+    mbuf.resize(at + fmt::record_header_size + len);
+    unsigned char* payload = mbuf.data() + at + fmt::record_header_size;
     for (std::size_t k = 0; k < n; ++k) {
       fmt::store_u32(payload + 8 * k, marks[i + k].segment);
       fmt::store_u32(payload + 8 * k + 4, marks[i + k].offset);
     }
-    fmt::encode_record_header(fmt::type_done, payload, len, buf.data() + at);
-    batch.push_back({static_cast<std::uint32_t>(fmt::record_header_size + len), false, {}});
+    fmt::encode_record_header(fmt::type_done, payload, len, mbuf.data() + at);
+    mentries.push_back({static_cast<std::uint32_t>(fmt::record_header_size + len), false, {}});
   }
+
+  // The batch in write order: lane after lane, then the done records.
+  std::vector<flat_entry>& batch = flat_;
+  batch.clear();
+  for (std::size_t part = 0; part <= lane_count; ++part) {
+    const unsigned char* b = parts.bytes[part].data();
+    for (auto& en : parts.entries[part]) {
+      batch.push_back({&en, b});
+      b += en.size;
+    }
+  }
+  const std::size_t first_mark_entry = batch.size() - mentries.size();
 
   std::vector<position>& pos = pos_;
   pos.resize(batch.size());
   std::size_t written = 0;  // entries [0, written) are in the file
-  std::size_t boff = 0;
   std::error_code werr;
   bool rolled = false;
   const std::uint32_t first_head = head_;
   while (written < batch.size()) {
     const std::uint64_t start = head_end_;
-    const std::size_t start_b = boff;
     std::uint64_t end = start;
     std::size_t j = written;
     while (j < batch.size() &&
-           (end + batch[j].size <= opts_.segment_size || end == fmt::segment_header_size)) {
+           (end + batch[j].e->size <= opts_.segment_size || end == fmt::segment_header_size)) {
       pos[j] = {head_, static_cast<std::uint32_t>(end)};
-      end += batch[j].size;
-      boff += batch[j].size;
+      end += batch[j].e->size;
       ++j;
     }
     if (j == written) {
@@ -587,7 +676,20 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
       rolled = true;
       continue;
     }
-    if (const int e = write_all(head_fd_, buf.data() + start_b, boff - start_b, start); e != 0) {
+    // One write per run of entries whose bytes are adjacent (one per lane).
+    int e = 0;
+    std::uint64_t off = start;
+    for (std::size_t k = written; k < j && e == 0;) {
+      const unsigned char* from = batch[k].bytes;
+      std::size_t n = 0;
+      do {
+        n += batch[k].e->size;
+        ++k;
+      } while (k < j && batch[k].bytes == from + n);
+      e = write_all(head_fd_, from, n, off);
+      off += n;
+    }
+    if (e != 0) {
       // No partial record stays behind; the next batch starts here again.
       if (::ftruncate(head_fd_, static_cast<off_t>(start)) != 0) set_fault(errno);
       werr = errno_code(e);
@@ -611,7 +713,7 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
     // Nothing covered by a failed fdatasync is ever reported durable.
     const std::error_code e = fault();
     for (auto& en : batch)
-      if (en.cb) en.cb({{}, e});
+      if (en.e->cb) en.e->cb({{}, e});
     return false;
   }
   // Publish: the new records become visible to cursors and mark_done.
@@ -625,8 +727,8 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
         seg->bytes = std::max<std::uint64_t>(seg->bytes, fmt::segment_header_size);
         seg->last_write_ms = now;
       }
-      if (batch[k].data) seg->add(pos[k].offset);
-      seg->bytes = std::max<std::uint64_t>(seg->bytes, pos[k].offset + std::uint64_t{batch[k].size});
+      if (batch[k].e->data) seg->add(pos[k].offset);
+      seg->bytes = std::max<std::uint64_t>(seg->bytes, pos[k].offset + std::uint64_t{batch[k].e->size});
     }
     if (head_ != first_head) {
       for (auto it = state_->segments.find(first_head); it != state_->segments.end(); ++it) {
@@ -648,15 +750,15 @@ bool spool_writer::process(std::vector<unsigned char>& buf, std::vector<entry>& 
     const std::size_t first_failed_mark = std::max(written, first_mark_entry);
     std::size_t skip = 0;
     for (std::size_t k = first_mark_entry; k < first_failed_mark; ++k)
-      skip += (batch[k].size - fmt::record_header_size) / fmt::done_entry_size;
+      skip += (batch[k].e->size - fmt::record_header_size) / fmt::done_entry_size;
     carry_marks_.assign(marks.begin() + static_cast<std::ptrdiff_t>(skip), marks.end());
   }
   for (std::size_t k = 0; k < batch.size(); ++k) {
-    if (!batch[k].cb) continue;
+    if (!batch[k].e->cb) continue;
     if (k < written)
-      batch[k].cb({pos[k], {}});
+      batch[k].e->cb({pos[k], {}});
     else
-      batch[k].cb({{}, werr});
+      batch[k].e->cb({{}, werr});
   }
   return written == batch.size();
 }
@@ -689,9 +791,8 @@ void spool_writer::reclaim_now() {
     }
   }
   if (!restate.empty()) {
-    std::vector<unsigned char> buf;
-    std::vector<entry> none;
-    if (!process(buf, none, restate, true)) return;
+    batch_parts none;
+    if (!process(none, restate, true)) return;
   }
   {
     std::lock_guard lk(state_->mu);

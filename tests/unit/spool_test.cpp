@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -124,11 +125,12 @@ TEST_CASE("spool: a segment rolls when the next record would take it past segmen
   CHECK(s.append_and_wait(std::string(s.max_payload(), 'x')).pos.offset == 24);
 }
 
-TEST_CASE("spool: appends from many threads are each durable once, sharing fdatasyncs",
+TEST_CASE("spool: appends from many threads are each durable once, sharing fdatasyncs, "
+          "and each thread's records keep their order",
           "[unit][spool]") {
   postbox::test::temp_dir dir;
   postbox::spool s(dir.path(), {.segment_size = 64 * 1024});
-  constexpr int threads = 4, each = 250;
+  constexpr int threads = 6, each = 250;  // more threads than the spool's lanes
   std::mutex mu;
   std::set<position> seen;
   std::atomic<int> errors{0};
@@ -154,8 +156,17 @@ TEST_CASE("spool: appends from many threads are each durable once, sharing fdata
   INFO("fsyncs: " << st.fsyncs << " batches: " << st.batches);
   CHECK(st.fsyncs < threads * each);
   std::multiset<std::string> got, want;
-  for (auto& r : read_all(s)) got.insert(r.second);
-  for (int i = 0; i < threads * each; ++i) want.insert(payload(i));
+  std::map<std::string, int> index;  // payload -> its number
+  for (int i = 0; i < threads * each; ++i) want.insert(payload(i)), index[payload(i)] = i;
+  std::vector<int> last(threads, -1);  // per thread, the last number read back
+  for (auto& r : read_all(s)) {
+    got.insert(r.second);
+    const auto it = index.find(r.second);
+    REQUIRE(it != index.end());
+    const int t = it->second / each;
+    CHECK(it->second > last[static_cast<std::size_t>(t)]);
+    last[static_cast<std::size_t>(t)] = it->second;
+  }
   CHECK(got == want);
 }
 

@@ -32,7 +32,8 @@ struct spool_options {
   std::chrono::milliseconds retention_time{0};
   /// Fully-done segments are deleted, oldest first, while the spool is larger (0: none).
   std::uint64_t retention_bytes = 0;
-  /// append() blocks while this many bytes wait for the writer (back-pressure).
+  /// append() blocks while this many bytes wait for the writer (back-pressure):
+  /// a quarter of it in each of the four lanes appending threads share.
   /// More than a few MiB does not help: the batch buffers fall out of the
   /// CPU's caches (postbox-bench-spool).
   std::size_t max_queued_bytes = 8u * 1024 * 1024;
@@ -163,7 +164,8 @@ class spool {
 
   /// Queues `payload` (copied before return) and returns `queued`; `done` is
   /// called exactly once, from the writer thread, when the record is durable
-  /// or has failed. Blocks only while max_queued_bytes wait (never on the
+  /// or has failed. Records appended by one thread take positions in the
+  /// order appended. Blocks only while max_queued_bytes wait (never on the
   /// writer thread). Never throws (except std::bad_alloc).
   [[nodiscard]] append_status append(std::string_view payload, append_callback done);
   /// append() and wait for its outcome. `error` is value_too_large when the
