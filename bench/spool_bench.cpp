@@ -73,7 +73,6 @@ append_result bench_append(const fs::path& dir, const config& cfg, const std::st
     std::uint64_t total = 0;
   } out;
   out.total = per_thread * static_cast<std::uint64_t>(cfg.threads);
-  const std::uint64_t total = out.total;
   const auto before = s.stats();
   const auto t0 = clock_type::now();
   std::vector<std::thread> ts;
@@ -87,16 +86,15 @@ append_result bench_append(const fs::path& dir, const config& cfg, const std::st
         });
     });
   for (auto& t : ts) t.join();
-  for (auto d = out.done.load(); d != total; d = out.done.load()) out.done.wait(d);
-  const auto& failed = out.failed;
+  for (auto d = out.done.load(); d != out.total; d = out.done.load()) out.done.wait(d);
   const double secs = seconds_since(t0);
   const auto after = s.stats();
-  if (failed.load() != 0) std::fprintf(stderr, "warning: %llu appends failed\n",
-                                       static_cast<unsigned long long>(failed.load()));
+  if (out.failed.load() != 0) std::fprintf(stderr, "warning: %llu appends failed\n",
+                                       static_cast<unsigned long long>(out.failed.load()));
   append_result r;
-  r.records_per_s = static_cast<double>(total) / secs;
+  r.records_per_s = static_cast<double>(out.total) / secs;
   r.records_per_batch =
-      static_cast<double>(total) / static_cast<double>(std::max<std::uint64_t>(1, after.fsyncs - before.fsyncs));
+      static_cast<double>(out.total) / static_cast<double>(std::max<std::uint64_t>(1, after.fsyncs - before.fsyncs));
   return r;
 }
 

@@ -979,11 +979,22 @@ struct queue_device::impl {
     q.timers.emplace(e.not_before_us, std::move(e));
   }
 
+  // The read-ahead counts (queue::buffered, buffered_bytes): an entry is
+  // counted once it is in `ready` or a key's waiting list, with the memory
+  // its record holds, and uncounted as it leaves.
+  static void count_buffered(queue& q, std::size_t record_capacity) noexcept {
+    ++q.buffered;
+    q.buffered_bytes += record_capacity;
+  }
+  static void uncount_buffered(queue& q, const entry& e) noexcept {
+    --q.buffered;
+    q.buffered_bytes -= e.record.capacity();
+  }
+
   void requeue_front(queue& q, entry e) {
     const std::size_t bytes = e.record.capacity();
-    q.ready.push_front(std::move(e));  // counted once it is in
-    q.buffered_bytes += bytes;
-    ++q.buffered;
+    q.ready.push_front(std::move(e));
+    count_buffered(q, bytes);
   }
 
   // Tries again later to move `e` to the dead-letter queue.
@@ -1092,8 +1103,7 @@ struct queue_device::impl {
     }
     entry e = std::move(k->second.waiting.front());
     k->second.waiting.pop_front();
-    --q.buffered;
-    q.buffered_bytes -= e.record.capacity();
+    uncount_buffered(q, e);
     k->second.holder = e.pos.to_u64();
     route(q, std::move(e));
   }
@@ -1108,8 +1118,7 @@ struct queue_device::impl {
     }
     const std::size_t bytes = e.record.capacity();
     q.ready.push_back(std::move(e));
-    q.buffered_bytes += bytes;
-    ++q.buffered;
+    count_buffered(q, bytes);
   }
 
   // A message read from the spool's tail.
@@ -1120,8 +1129,7 @@ struct queue_device::impl {
       if (k->second.holder || !k->second.waiting.empty()) {
         const std::size_t bytes = e.record.capacity();
         k->second.waiting.push_back(std::move(e));
-        ++q.buffered;
-        q.buffered_bytes += bytes;
+        count_buffered(q, bytes);
         return;
       }
       k->second.holder = e.pos.to_u64();
@@ -1235,8 +1243,7 @@ struct queue_device::impl {
   entry pop_ready(queue& q) {
     entry e = std::move(q.ready.front());
     q.ready.pop_front();
-    --q.buffered;
-    q.buffered_bytes -= e.record.capacity();
+    uncount_buffered(q, e);
     return e;
   }
 

@@ -202,10 +202,12 @@ class spool_writer {
     }
   };
   static constexpr std::size_t marks_part = lane_count;
-  // An entry of a batch in write order, with where its bytes are.
+  // An entry of a batch in write order: where its bytes are, and the
+  // position they are written at.
   struct flat_entry {
     entry* e;
     const unsigned char* bytes;
+    position pos;
   };
 
   // What each lane's vectors reserve: a full queue of ~100-byte records
@@ -229,7 +231,6 @@ class spool_writer {
   std::uint64_t head_end_ = 0;   // writer thread only
   bool dirty_ = false;           // written since the last fdatasync (writer thread only)
   std::vector<position> carry_marks_;  // marks whose done record failed to write
-  std::vector<position> pos_;          // positions of a batch's entries, reused (writer thread only)
 
   std::vector<flat_entry> flat_;       // a batch's entries in write order (writer thread only)
 
@@ -648,14 +649,12 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
   for (std::size_t part = 0; part <= lane_count; ++part) {
     const unsigned char* b = parts.bytes[part].data();
     for (auto& en : parts.entries[part]) {
-      batch.push_back({&en, b});
+      batch.push_back({&en, b, {}});
       b += en.size;
     }
   }
   const std::size_t first_mark_entry = batch.size() - mentries.size();
 
-  std::vector<position>& pos = pos_;
-  pos.resize(batch.size());
   std::size_t written = 0;  // entries [0, written) are in the file
   std::error_code werr;
   bool rolled = false;
@@ -666,7 +665,7 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     std::size_t j = written;
     while (j < batch.size() &&
            (end + batch[j].e->size <= opts_.segment_size || end == fmt::segment_header_size)) {
-      pos[j] = {head_, static_cast<std::uint32_t>(end)};
+      batch[j].pos = {head_, static_cast<std::uint32_t>(end)};
       end += batch[j].e->size;
       ++j;
     }
@@ -722,13 +721,14 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     const std::int64_t now = now_ms();
     segment_index* seg = nullptr;  // one map lookup per segment the batch touched
     for (std::size_t k = 0; k < written; ++k) {
-      if (k == 0 || pos[k].segment != pos[k - 1].segment) {
-        seg = &state_->segments[pos[k].segment];
+      const position p = batch[k].pos;
+      if (k == 0 || p.segment != batch[k - 1].pos.segment) {
+        seg = &state_->segments[p.segment];
         seg->bytes = std::max<std::uint64_t>(seg->bytes, fmt::segment_header_size);
         seg->last_write_ms = now;
       }
-      if (batch[k].e->data) seg->add(pos[k].offset);
-      seg->bytes = std::max<std::uint64_t>(seg->bytes, pos[k].offset + std::uint64_t{batch[k].e->size});
+      if (batch[k].e->data) seg->add(p.offset);
+      seg->bytes = std::max<std::uint64_t>(seg->bytes, p.offset + std::uint64_t{batch[k].e->size});
     }
     if (head_ != first_head) {
       for (auto it = state_->segments.find(first_head); it != state_->segments.end(); ++it) {
@@ -756,7 +756,7 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
   for (std::size_t k = 0; k < batch.size(); ++k) {
     if (!batch[k].e->cb) continue;
     if (k < written)
-      batch[k].e->cb({pos[k], {}});
+      batch[k].e->cb({batch[k].pos, {}});
     else
       batch[k].e->cb({{}, werr});
   }
