@@ -661,7 +661,7 @@ int main(int argc, char** argv) {
     cfg.spool_records = 100'000;
     if (!latency_seconds_set) cfg.latency_seconds = 0.5;
   }
-  if (cfg.messages == 0) return usage();
+  if (cfg.messages == 0 || (latency_only && cfg.latency_rate <= 0)) return usage();
 #ifndef NDEBUG
   std::printf("WARNING: built without optimisation (NDEBUG unset); figures are not representative\n");
 #endif
@@ -678,7 +678,6 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency());
 
   if (latency_only) {
-    if (cfg.latency_rate <= 0) return usage();
     const auto d = run_latency(cfg, cfg.latency_rate, std::max(1, cfg.latency_consumers));
     fs::remove_all(cfg.dir);
     return d.complete ? 0 : 1;
