@@ -25,6 +25,8 @@
 #include <postbox/postbox.hpp>
 #include <postbox/queue_client.hpp>
 
+#include "stall_probe.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -306,13 +308,7 @@ struct e2e_result {
   std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
   double cpu_cores = 0;          // the process's CPU time over the run's wall time
   percentiles delivery, confirmation;
-  // Paced only: the machine's own stalls during the run, seen by a thread
-  // that sleeps 1 ms at a time (scheduling, or a virtual machine's host
-  // pausing it). A message that arrives during one waits for it to end, so
-  // stall_floor_p99_ms is the p99 that a message arriving at a random moment
-  // of this run would have had from the stalls alone.
-  std::size_t stalls = 0;  // wake-ups more than 2 ms late
-  double stalled_share = 0, stall_max_ms = 0, stall_floor_p99_ms = 0;
+  postbox::bench::stall_summary stalls;  // paced only: the machine's own, in the same run
   std::vector<percentiles> timeline;  // --timeline: the first consumer's, per 1/4 s
 };
 
@@ -457,20 +453,8 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   go_ns = start_ns;
   go = true;
   go.notify_all();
-  std::atomic<bool> stop_probe{false};
-  std::vector<std::int64_t> lateness;
-  std::thread probe;
-  if (paced) {
-    probe = std::thread([&] {
-      ::pthread_setname_np(::pthread_self(), "qb-probe");
-      lateness.reserve(static_cast<std::size_t>(cfg.latency_seconds * 1000) + 1000);
-      while (!stop_probe.load(std::memory_order_relaxed)) {
-        const std::int64_t t0 = now_ns();
-        std::this_thread::sleep_for(milliseconds(1));
-        lateness.push_back(now_ns() - t0 - 1'000'000);
-      }
-    });
-  }
+  std::optional<postbox::bench::stall_probe> probe;
+  if (paced) probe.emplace();
 
   // Wait for every message acked and confirmed; give up after 20 s without progress.
   std::uint64_t last_progress = 0;
@@ -491,32 +475,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
     std::this_thread::sleep_for(milliseconds(2));
   }
   for (auto& t : pts) t.join();
-  stop_probe = true;
-  if (probe.joinable()) probe.join();
-  {
-    const double run_ms = static_cast<double>(now_ns() - start_ns) / 1e6;
-    std::vector<double> late_ms;
-    for (const auto ns : lateness)
-      if (ns > 2'000'000) late_ms.push_back(static_cast<double>(ns) / 1e6);
-    double total = 0;
-    for (const double l : late_ms) total += l, r.stall_max_ms = std::max(r.stall_max_ms, l);
-    r.stalls = late_ms.size();
-    r.stalled_share = total / run_ms;
-    // The wait left in a stall of length L at a random moment in it is
-    // uniform on [0, L]: P(wait > w) = sum(max(0, L - w)) / run. Find the w
-    // where that is 1%.
-    auto beyond = [&](double w) {
-      double t = 0;
-      for (const double l : late_ms) t += std::max(0.0, l - w);
-      return t / run_ms;
-    };
-    double lo = 0, hi = r.stall_max_ms;
-    for (int i = 0; i < 40; ++i) {
-      const double mid = (lo + hi) / 2;
-      (beyond(mid) > 0.01 ? lo : hi) = mid;
-    }
-    r.stall_floor_p99_ms = hi;
-  }
+  if (probe) r.stalls = probe->stop();
   r.complete = unique.load() == n;
   r.cpu_cores = (process_cpu_seconds() - cpu_start) / (static_cast<double>(now_ns() - start_ns) / 1e9);
 
@@ -627,8 +586,11 @@ e2e_result run_latency(const config& cfg, double rate, int consumers) {
   std::printf("  %-22s %llu of %llu sends were more than 1 ms behind the schedule\n", "pacing",
               static_cast<unsigned long long>(d.late_sends), static_cast<unsigned long long>(n));
   std::printf("  %-22s %zu over 2 ms, %.1f%% of the run, longest %.1f ms: from them alone a p99 of %.2f ms\n"
-              "  %-22s (a thread sleeping 1 ms at a time, woken that late: the machine's own pauses)\n\n",
-              "machine stalls", d.stalls, 100 * d.stalled_share, d.stall_max_ms, d.stall_floor_p99_ms, "");
+              "  %-22s (a %s thread sleeping 1 ms at a time, woken that late: %s)\n\n",
+              "machine stalls", d.stalls.stalls, 100 * d.stalls.share, d.stalls.longest_ms,
+              d.stalls.floor_p99_ms, "", d.stalls.real_time ? "real-time" : "normal-priority",
+              d.stalls.real_time ? "the machine's own pauses"
+                                 : "pauses, and waits for a CPU; run as root for pauses alone");
   return d;
 }
 
@@ -738,7 +700,7 @@ int main(int argc, char** argv) {
               "%.3f of spool %.0f; at %.0f msg/s p50 %.2f ms p99 %.2f ms (confirm p99 %.2f ms; "
               "the machine's stalls alone %.2f ms); target 400000 msg/s %s, p99 < 5 ms %s%s\n",
               c1.rate, c4.rate, best / zmq_rate, zmq_rate, best / spool_rate, spool_rate, lat_rate,
-              del.p50_ms, del.p99_ms, conf.p99_ms, d.stall_floor_p99_ms, best >= 400'000 ? "met" : "NOT met",
+              del.p50_ms, del.p99_ms, conf.p99_ms, d.stalls.floor_p99_ms, best >= 400'000 ? "met" : "NOT met",
               del.samples > 0 && del.p99_ms < 5.0 ? "met" : "NOT met",
               all_ok ? "" : "; SOME RUNS INCOMPLETE");
   return all_ok ? 0 : 1;

@@ -2,11 +2,14 @@
 // disk's own ceiling measured in the same run: append throughput of 100-byte
 // records under fsync_policy::always with concurrent appenders, against a raw
 // write+fdatasync loop writing the same bytes in the same batch sizes (taking
-// turns for a few rounds; the medians are compared); then
+// turns for a few rounds; the medians are compared, and each round says how
+// much of its time the machine itself was stalled: bench/stall_probe.hpp); then
 // read-back throughput, recovery time per GiB and memory per pending record.
 //
 // usage: postbox-bench-spool [--dir DIR] [--quick] [--full] [--threads N] [--rounds N]
 #include <postbox/spool.hpp>
+
+#include "stall_probe.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -161,14 +164,20 @@ int main(int argc, char** argv) {
   std::vector<double> spool_rates, raw_rates, batches;
   for (int round = 0; round < cfg.rounds; ++round) {
     fs::remove_all(cfg.dir / "append");
+    postbox::bench::stall_probe spool_probe;
     const auto app = bench_append(cfg.dir / "append", cfg, payload);
+    const auto spool_stalls = spool_probe.stop();
     const auto batch = static_cast<std::size_t>(std::max(1.0, app.records_per_batch));
     spool_rates.push_back(app.records_per_s);
     batches.push_back(app.records_per_batch);
+    postbox::bench::stall_probe raw_probe;
     raw_rates.push_back(bench_raw(cfg.dir / "raw.bin", cfg.records, framed, batch));
-    std::printf("  round %d: spool %10.0f  raw %10.0f records/s  ratio %.2f  (%.0f records per fdatasync)\n",
+    const auto raw_stalls = raw_probe.stop();
+    std::printf("  round %d: spool %10.0f  raw %10.0f records/s  ratio %.2f  (%.0f records per fdatasync;"
+                " machine stalled %.0f%% / %.0f%% of the time%s)\n",
                 round + 1, spool_rates.back(), raw_rates.back(), spool_rates.back() / raw_rates.back(),
-                app.records_per_batch);
+                app.records_per_batch, 100 * spool_stalls.share, 100 * raw_stalls.share,
+                spool_stalls.real_time ? "" : ", counting waits for a CPU: not root");
   }
   const double spool_rate = median(spool_rates), raw = median(raw_rates);
   const double raw64k = bench_raw(cfg.dir / "raw.bin", cfg.records, framed, 65536 / framed);
