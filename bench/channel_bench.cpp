@@ -2,13 +2,22 @@
 // measured in the same run (same transport, same payload size, single-frame
 // raw messages), and request/reply round-trip latency beside raw REQ/REP.
 //
-// usage: postbox-bench-channels [--quick]
+// usage: postbox-bench-channels [--quick] [--no-pin] [--only SHAPE TRANSPORT BYTES]
 //
 // Each side of a pair has its own context (one I/O thread), as two processes
-// would. Every figure is the median of several rounds, raw and postbox
-// alternating, and the ratio postbox/raw is the figure to quote. The last
-// column is the process's CPU time per message (all threads), which is
-// steadier than throughput on a shared machine.
+// would. Each round runs raw and postbox back to back (which goes first
+// alternates between rounds) and yields one ratio postbox/raw; the ratio to
+// quote is the median of those per-round ratios, with their range beside it,
+// so that a machine whose speed drifts during the run compares like with
+// like. Throughput columns are medians over rounds. The last column is the
+// process's CPU time per message (all threads), which is steadier than
+// throughput on a shared machine.
+//
+// The sending side (its thread and its context's I/O thread) runs on one CPU
+// and the receiving side on another, as two processes would be placed by
+// hand; left to the scheduler, four busy threads on two cores settle into
+// placements that change a single run's throughput by 2x either way.
+// `--no-pin` leaves placement to the scheduler.
 #include <postbox/postbox.hpp>
 
 #include <algorithm>
@@ -23,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include <sched.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <zmq.hpp>
@@ -44,11 +54,12 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 struct config {
-  int rounds = 5;
+  int rounds = 7;
   double scale = 1.0;
   std::string shape, transport;  // empty: all
   std::size_t size = 0;          // 0: all
   bool rpc = true;
+  bool pin = true;
 };
 
 struct result {
@@ -65,6 +76,38 @@ double cpu_ns() {
     return static_cast<double>(tv.tv_sec) * 1e9 + static_cast<double>(tv.tv_usec) * 1e3;
   };
   return ns(ru.ru_utime) + ns(ru.ru_stime);
+}
+
+// The CPUs the two sides run on (-1: anywhere). A thread inherits the CPU
+// mask of the thread that starts it, so a context's I/O thread, started with
+// the context's first socket, runs where that socket's creator was pinned.
+struct placement {
+  int send_cpu = -1, receive_cpu = -1;
+  cpu_set_t all{};
+};
+placement where;
+
+void run_on(int cpu) {
+  if (where.send_cpu < 0) return;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  (void)sched_setaffinity(0, sizeof one, &one);
+}
+
+void run_anywhere() {
+  if (where.send_cpu >= 0) (void)sched_setaffinity(0, sizeof where.all, &where.all);
+}
+
+void choose_placement(bool pin) {
+  if (sched_getaffinity(0, sizeof where.all, &where.all) != 0 || !pin) return;
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &where.all)) cpus.push_back(c);
+  }
+  if (cpus.size() < 2) return;
+  where.send_cpu = cpus[0];
+  where.receive_cpu = cpus[1];
 }
 
 std::string endpoint_for(const std::string& transport) {
@@ -84,7 +127,9 @@ double median(std::vector<double> v) {
 
 result raw_run(const std::string& transport, bool pubsub, std::size_t size, int count) {
   zmq::context_t rctx(1), sctx(1);
+  run_on(where.receive_cpu);
   zmq::socket_t rx(rctx, pubsub ? zmq::socket_type::sub : zmq::socket_type::pull);
+  run_on(where.send_cpu);
   zmq::socket_t tx(sctx, pubsub ? zmq::socket_type::xpub : zmq::socket_type::push);
   for (auto* s : {&rx, &tx}) {
     s->set(zmq::sockopt::sndhwm, pubsub ? 0 : 10'000);
@@ -101,6 +146,7 @@ result raw_run(const std::string& transport, bool pubsub, std::size_t size, int 
   double seconds = 0;
   const double cpu0 = cpu_ns();
   std::thread receiver([&] {
+    run_on(where.receive_cpu);
     zmq::message_t m;
     (void)rx.recv(m);
     const auto start = clock_type::now();
@@ -110,6 +156,7 @@ result raw_run(const std::string& transport, bool pubsub, std::size_t size, int 
   std::string payload(size, 'x');
   for (int i = 0; i < count; ++i) tx.send(zmq::buffer(payload));
   receiver.join();
+  run_anywhere();
   return {(count - 1) / seconds, 0, (cpu_ns() - cpu0) / count};
 }
 
@@ -125,12 +172,16 @@ result postbox_run(const std::string& transport, bool pubsub, std::size_t size, 
   const std::string topic = "bench.topic";
   double cpu0 = 0;
   if (pubsub) {
+    run_on(where.send_cpu);
     postbox::publisher pub(sctx, "@" + endpoint_for(transport), opts);
+    run_on(where.receive_cpu);
     postbox::subscriber sub(rctx, ">" + pub.endpoints().front(), opts);
+    run_on(where.send_cpu);
     sub.subscribe("bench.");
     if (!pub.wait_for_subscribers(1, std::chrono::seconds(10))) std::abort();
     cpu0 = cpu_ns();
     std::thread receiver([&] {
+      run_on(where.receive_cpu);
       postbox::message m;
       (void)sub.receive(m);
       const auto start = clock_type::now();
@@ -144,10 +195,14 @@ result postbox_run(const std::string& transport, bool pubsub, std::size_t size, 
     receiver.join();
     if (sub.stats().missed != 0) std::fprintf(stderr, "warning: subscriber missed messages\n");
   } else {
+    run_on(where.send_cpu);
     postbox::sender tx(sctx, "@" + endpoint_for(transport), opts);
+    run_on(where.receive_cpu);
     postbox::receiver rx(rctx, ">" + tx.endpoints().front(), opts);
+    run_on(where.send_cpu);
     cpu0 = cpu_ns();
     std::thread receiver([&] {
+      run_on(where.receive_cpu);
       postbox::message m;
       (void)rx.receive(m);
       const auto start = clock_type::now();
@@ -160,6 +215,7 @@ result postbox_run(const std::string& transport, bool pubsub, std::size_t size, 
     allocs = allocations - before;
     receiver.join();
   }
+  run_anywhere();
   return {(count - 1) / seconds, static_cast<double>(allocs) / (count - 1),
           (cpu_ns() - cpu0) / count};
 }
@@ -236,45 +292,65 @@ int main(int argc, char** argv) {
       cfg.transport = argv[++i];
       cfg.size = std::strtoul(argv[++i], nullptr, 10);
       cfg.rpc = false;
+    } else if (std::strcmp(argv[i], "--no-pin") == 0) {
+      cfg.pin = false;
     } else {
       std::fprintf(stderr,
-                   "usage: postbox-bench-channels [--quick] [--only push/pull|pub/sub tcp|ipc BYTES]\n");
+                   "usage: postbox-bench-channels [--quick] [--no-pin] [--only push/pull|pub/sub tcp|ipc BYTES]\n");
       return 2;
     }
   }
+  choose_placement(cfg.pin);
 #ifndef NDEBUG
   std::printf("WARNING: built without optimisation (NDEBUG unset); figures are not comparable\n");
 #endif
-  std::printf("postbox channel throughput beside raw libzmq (median of %d rounds)\n", cfg.rounds);
-  std::printf("%-10s %-5s %6s %14s %10s %14s %10s %7s %12s %16s\n", "shape", "tx", "bytes",
-              "raw msg/s", "raw MB/s", "postbox msg/s", "pb MB/s", "ratio", "allocs/msg",
-              "cpu ns/msg raw:pb");
+  std::printf("postbox channel throughput beside raw libzmq (%d rounds; ratio = median of the\n"
+              "per-round ratios postbox/raw, range = their lowest and highest)\n",
+              cfg.rounds);
+  if (where.send_cpu >= 0) {
+    std::printf("sending side on CPU %d, receiving side on CPU %d (--no-pin: anywhere)\n",
+                where.send_cpu, where.receive_cpu);
+  } else {
+    std::printf("threads placed by the scheduler\n");
+  }
+  std::printf("%-10s %-5s %6s %14s %10s %14s %10s %7s  %-9s %12s %16s\n", "shape", "tx", "bytes",
+              "raw msg/s", "raw MB/s", "postbox msg/s", "pb MB/s", "ratio", "range",
+              "allocs/msg", "cpu ns/msg raw:pb");
   bool target_met = true;
   for (const char* shape : {"push/pull", "pub/sub"}) {
     const bool pubsub = std::strcmp(shape, "pub/sub") == 0;
     if (!cfg.shape.empty() && cfg.shape != shape) continue;
     for (const std::string transport : {"tcp", "ipc"}) {
       if (!cfg.transport.empty() && cfg.transport != transport) continue;
-      for (std::size_t size : {16, 100, 1024}) {
-        if (cfg.size != 0 && cfg.size != size) continue;
+      const std::vector<std::size_t> sizes =
+          cfg.size != 0 ? std::vector<std::size_t>{cfg.size} : std::vector<std::size_t>{16, 100, 1024};
+      for (const std::size_t size : sizes) {
         const int count = static_cast<int>((size >= 1024 ? 400'000 : 1'000'000) * cfg.scale);
-        std::vector<double> raw, pb, raw_cpu, pb_cpu;
+        std::vector<double> raw, pb, raw_cpu, pb_cpu, ratios;
         double allocs = 0;
         for (int r = 0; r < cfg.rounds; ++r) {
-          const auto q = raw_run(transport, pubsub, size, count);
+          result q, p;
+          if (r % 2 == 0) {
+            q = raw_run(transport, pubsub, size, count);
+            p = postbox_run(transport, pubsub, size, count);
+          } else {
+            p = postbox_run(transport, pubsub, size, count);
+            q = raw_run(transport, pubsub, size, count);
+          }
           raw.push_back(q.msgs_per_s);
           raw_cpu.push_back(q.cpu_ns_per_msg);
-          const auto p = postbox_run(transport, pubsub, size, count);
           pb.push_back(p.msgs_per_s);
           pb_cpu.push_back(p.cpu_ns_per_msg);
+          ratios.push_back(p.msgs_per_s / q.msgs_per_s);
           allocs = std::max(allocs, p.allocs_per_msg);
         }
-        const double raw_m = median(raw), pb_m = median(pb), ratio = pb_m / raw_m;
-        std::printf("%-10s %-5s %6zu %14.0f %10.1f %14.0f %10.1f %7.2f %12.3f %8.0f:%-7.0f\n",
+        const double raw_m = median(raw), pb_m = median(pb), ratio = median(ratios);
+        const auto [lo, hi] = std::minmax_element(ratios.begin(), ratios.end());
+        std::printf("%-10s %-5s %6zu %14.0f %10.1f %14.0f %10.1f %7.2f  %4.2f-%-4.2f %12.3f %8.0f:%-7.0f\n",
                     shape, transport.c_str(), size, raw_m,
                     raw_m * static_cast<double>(size) / 1e6, pb_m,
-                    pb_m * static_cast<double>(size) / 1e6, ratio, allocs, median(raw_cpu),
-                    median(pb_cpu));
+                    pb_m * static_cast<double>(size) / 1e6, ratio, *lo, *hi, allocs,
+                    median(raw_cpu), median(pb_cpu));
         std::fflush(stdout);
         if (transport == "tcp" && size == 100 && ratio < 0.8) target_met = false;
       }
