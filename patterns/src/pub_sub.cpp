@@ -33,9 +33,12 @@ publisher::publisher(context& ctx, std::string_view endpoints, const socket_opti
 }
 
 std::uint64_t publisher::next_sequence(std::string_view topic) {
-  auto it = sequences_.find(topic);
-  if (it == sequences_.end()) it = sequences_.emplace(std::string(topic), 0).first;
-  return ++it->second;
+  if (!last_.is(0, topic)) {
+    auto it = sequences_.find(topic);
+    if (it == sequences_.end()) it = sequences_.emplace(std::string(topic), 0).first;
+    last_ = {0, it->first, &it->second};
+  }
+  return ++*last_.counter;
 }
 
 void publisher::publish(std::string_view topic, std::string_view payload) {
@@ -210,20 +213,25 @@ bool subscriber::wanted(std::string_view topic) const noexcept {
 
 bool subscriber::track(const message& m) {
   if (m.sequence() == 0 || m.origin() == 0) return true;
-  auto& topics = streams_[m.origin()];
-  auto it = topics.find(m.topic());
-  if (it == topics.end()) {
-    if (tracked_ >= max_tracked_streams) {
-      streams_.clear();
-      tracked_ = 0;
-      streams_[m.origin()].emplace(std::string(m.topic()), m.sequence());
-    } else {
-      topics.emplace(std::string(m.topic()), m.sequence());
+  if (!last_.is(m.origin(), m.topic())) {
+    auto& topics = streams_[m.origin()];
+    auto it = topics.find(m.topic());
+    if (it == topics.end()) {
+      if (tracked_ >= max_tracked_streams) {
+        streams_.clear();
+        tracked_ = 0;
+        it = streams_[m.origin()].emplace(std::string(m.topic()), m.sequence()).first;
+      } else {
+        it = topics.emplace(std::string(m.topic()), m.sequence()).first;
+      }
+      ++tracked_;
+      last_ = {m.origin(), it->first, &it->second};
+      return true;
     }
-    ++tracked_;
-    return true;
+    last_ = {m.origin(), it->first, &it->second};
   }
-  const std::uint64_t expected = it->second + 1;
+  std::uint64_t& seen = *last_.counter;
+  const std::uint64_t expected = seen + 1;
   if (m.sequence() < expected) {
     // Seen before: one stream's numbers only grow (a restarted publisher is
     // a new origin), so this is a copy, e.g. a forwarder's last-value cache
@@ -231,7 +239,7 @@ bool subscriber::track(const message& m) {
     ++core_.stats.duplicates;
     return false;
   }
-  it->second = m.sequence();
+  seen = m.sequence();
   if (m.sequence() > expected) {
     ++core_.stats.gaps;
     core_.stats.missed += m.sequence() - expected;

@@ -252,6 +252,42 @@ TEST_CASE("pub/sub: a copy of a message already delivered is dropped and counted
   CHECK(sub.stats().received == 5);
 }
 
+TEST_CASE("pub/sub: interleaved streams keep their own numbers", "[integration][pubsub]") {
+  postbox::context ctx;
+  zmq::socket_t raw(ctx.native(), zmq::socket_type::xpub);
+  raw.bind("inproc://interleaved");
+  postbox::subscriber sub(ctx, ">inproc://interleaved");
+  sub.subscribe("");
+  zmq::message_t subscription;
+  REQUIRE(raw.recv(subscription));
+  // Three streams: (7, "t"), (8, "t") and (7, "u"), taking turns, so that no
+  // message follows one of its own stream. Each stream has one gap or one copy.
+  struct step {
+    std::uint64_t origin;
+    const char* topic;
+    std::uint64_t seq;
+  };
+  const step steps[] = {{7, "t", 1}, {8, "t", 1}, {7, "u", 1}, {7, "t", 2}, {8, "t", 1},
+                        {7, "u", 4}, {7, "t", 3}, {8, "t", 2}, {7, "u", 5}, {7, "t", 2}};
+  for (const auto& st : steps) {
+    postbox::encoded frames;
+    postbox::message_view v;
+    v.topic = st.topic;
+    v.origin = st.origin;
+    v.sequence = st.seq;
+    const auto text = std::to_string(st.origin) + st.topic + std::to_string(st.seq);
+    v.payload = text;
+    postbox::encode(v, frames);
+    raw.send(frames.first, zmq::send_flags::none);
+  }
+  std::vector<std::string> got;
+  while (auto m = sub.receive(got.size() < 8 ? 5000ms : 100ms)) got.emplace_back(m->payload());
+  CHECK(got == std::vector<std::string>{"7t1", "8t1", "7u1", "7t2", "7u4", "7t3", "8t2", "7u5"});
+  CHECK(sub.stats().duplicates == 2);  // (8, "t") 1 again, (7, "t") 2 again
+  CHECK(sub.stats().gaps == 1);        // (7, "u") 1 -> 4
+  CHECK(sub.stats().missed == 2);
+}
+
 TEST_CASE("pub/sub: a subscriber hears a publisher restarted on the same endpoint",
           "[integration][pubsub]") {
   const auto transport = GENERATE(transport_kind::tcp, transport_kind::ipc);

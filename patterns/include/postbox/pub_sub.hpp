@@ -40,6 +40,19 @@ struct string_hash {
   }
 };
 using sequence_map = std::unordered_map<std::string, std::uint64_t, string_hash, std::equal_to<>>;
+
+/// The sequence counter used last and the (origin, topic) it belongs to: a
+/// stream that repeats is found again by one comparison instead of hashing.
+/// Points into a sequence_map's node, which stays put until it is erased.
+struct last_stream {
+  std::uint64_t origin = 0;
+  std::string_view topic;
+  std::uint64_t* counter = nullptr;
+
+  [[nodiscard]] bool is(std::uint64_t o, std::string_view t) const noexcept {
+    return counter != nullptr && origin == o && topic == t;
+  }
+};
 }  // namespace detail
 
 /// Publishes messages to subscribers. One thread at a time; the context must
@@ -87,6 +100,7 @@ class publisher {
   detail::channel_socket core_;
   std::uint64_t origin_;
   detail::sequence_map sequences_;
+  detail::last_stream last_;
   std::map<std::string, std::uint64_t, std::less<>> subscriptions_;  // filter -> subscribers
   std::map<std::string, std::uint64_t, std::less<>> subscribers_;    // subscriber id -> live markers
   std::uint32_t sends_since_drain_ = 0;
@@ -160,6 +174,7 @@ class subscriber {
   std::string marker_;
   std::uint64_t generation_ = 0;
   std::unordered_map<std::uint64_t, detail::sequence_map> streams_;
+  detail::last_stream last_;
   std::size_t tracked_ = 0;
   std::function<void(const gap_info&)> on_gap_;
   zmq::message_t frames_[2];
