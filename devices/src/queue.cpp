@@ -217,11 +217,23 @@ struct queue_device::impl {
     std::vector<std::uint64_t> batch_tags;
   };
 
+  struct completion {
+    std::uint64_t ticket;
+    append_outcome outcome;
+  };
+  // The outcomes of one spool's appends, collected by its writer thread
+  // without a lock and handed to the loop once per batch (hand_over).
+  struct completion_stage {
+    std::vector<completion> staged;  // the writer thread's alone
+  };
+
   struct queue {
     std::string name;
     bool is_dlq = false;
     queue* dlq = nullptr;     // for a source queue
     queue* source = nullptr;  // for a dead-letter queue
+    // Declared before the spools: their writer threads use them to the end.
+    completion_stage messages_done, attempts_done;
     std::optional<spool> messages;
     std::optional<spool> attempts;
     std::optional<cursor> tail;
@@ -267,11 +279,6 @@ struct queue_device::impl {
     std::string reason = {}, last_error = {};
     std::uint64_t expires_us = 0;
   };
-  struct completion {
-    std::uint64_t ticket;
-    append_outcome outcome;
-  };
-
   impl(context& ctx, queue_config c) : config(std::move(c)), log("postbox-queue", config.log) {
     validate();
     lock_data_dir();
@@ -353,8 +360,9 @@ struct queue_device::impl {
 
   // ------------------------------------------------------------ opening queues
 
-  spool_options spool_opts(bool for_messages) const {
+  spool_options spool_opts(bool for_messages, completion_stage& done) {
     spool_options so;
+    so.after_callbacks = [this, &done] { hand_over(done); };
     so.segment_size = config.segment_size;
     so.fsync = config.fsync;
     so.fsync_interval = config.fsync_interval;
@@ -410,8 +418,8 @@ struct queue_device::impl {
     q->is_dlq = is_dlq;
     q->st.name = name;
     const fs::path dir = config.data_dir / name;
-    q->messages.emplace(dir / "messages", spool_opts(true));
-    q->attempts.emplace(dir / "attempts", spool_opts(false));
+    q->messages.emplace(dir / "messages", spool_opts(true, q->messages_done));
+    q->attempts.emplace(dir / "attempts", spool_opts(false, q->attempts_done));
     report_recovery(*q, q->messages->recovery(), "messages");
     report_recovery(*q, q->attempts->recovery(), "attempts");
     load_attempts(*q);
@@ -541,26 +549,38 @@ struct queue_device::impl {
     }
   }
 
-  append_callback callback_for(std::uint64_t ticket_no) {
-    return [this, ticket_no](const append_outcome& o) {
-      bool was_empty = false;
-      {
-        std::lock_guard lk(completions_mu);
-        was_empty = completions.empty();
-        completions.push_back({ticket_no, o});
-      }
-      if (was_empty) {
-        const std::uint64_t one = 1;
-        (void)!::write(wake, &one, sizeof one);
-      }
-    };
+  // Runs on the spool's writer thread, once per record: no lock, no wake-up.
+  static append_callback callback_for(std::uint64_t ticket_no, completion_stage& done) {
+    return [&done, ticket_no](const append_outcome& o) { done.staged.push_back({ticket_no, o}); };
   }
 
-  // Appends `rec` to `sp` for `t`; false (ticket dropped) when the spool refused it at once.
-  bool append(spool& sp, std::string_view rec, ticket t, std::string* why) {
+  // Runs on a spool's writer thread after its batch's callbacks: the batch's
+  // outcomes join the loop's under one lock, with one wake-up at most.
+  void hand_over(completion_stage& done) {
+    if (done.staged.empty()) return;
+    bool was_empty = false;
+    {
+      std::lock_guard lk(completions_mu);
+      was_empty = completions.empty();
+      if (was_empty) {
+        completions.swap(done.staged);
+      } else {
+        completions.insert(completions.end(), done.staged.begin(), done.staged.end());
+      }
+    }
+    done.staged.clear();
+    if (was_empty) {
+      const std::uint64_t one = 1;
+      (void)!::write(wake, &one, sizeof one);
+    }
+  }
+
+  // Appends `rec` to `sp` (whose outcomes `done` collects) for `t`; false
+  // (ticket dropped) when the spool refused it at once.
+  bool append(spool& sp, completion_stage& done, std::string_view rec, ticket t, std::string* why) {
     t.appended = turn_now;
     const std::uint64_t n = new_ticket(std::move(t));
-    const auto status = sp.append(rec, callback_for(n));
+    const auto status = sp.append(rec, callback_for(n, done));
     if (status == append_status::queued) return true;
     retire_ticket(*find_ticket(n));
     if (why != nullptr) {
@@ -786,7 +806,7 @@ struct queue_device::impl {
     build_record(record_buf, f);
     std::string why;
     ticket t{kind, q, peer, seq, f.id, {}, {}, 0, {}};
-    if (!append(*q->messages, record_buf, std::move(t), &why)) {
+    if (!append(*q->messages, q->messages_done, record_buf, std::move(t), &why)) {
       dedup.erase(f.id);  // not enqueued: a resend must be taken
       ++q->st.refused;
       if (kind == ticket_kind::publish) refuse(peer, seq, why);
@@ -972,7 +992,7 @@ struct queue_device::impl {
     e.not_before_us = wait > 0 ? now + wait : 0;
     build_attempt(attempt_buf, e.pos, e.attempts, e.not_before_us, e.last_error);
     ticket t{ticket_kind::attempt, &q, {}, 0, {}, e.pos, {}, e.attempts, {}};
-    (void)append(*q.attempts, attempt_buf, std::move(t), nullptr);
+    (void)append(*q.attempts, q.attempts_done, attempt_buf, std::move(t), nullptr);
     if (e.not_before_us == 0) return requeue_front(q, std::move(e));
     e.record.clear();
     e.record.shrink_to_fit();
@@ -1072,7 +1092,7 @@ struct queue_device::impl {
     t.last_error = e.last_error;
     t.expires_us = e.expires_us;
     std::string why;
-    if (!append(*q.dlq->messages, dead_buf, std::move(t), &why)) {
+    if (!append(*q.dlq->messages, q.dlq->messages_done, dead_buf, std::move(t), &why)) {
       q.busy.erase(e.pos.to_u64());
       log.fault("dead-letter", "queue " + q.name + ": cannot dead-letter now: " + why);
       return dead_letter_later(q, std::move(e), reason);
@@ -1526,7 +1546,7 @@ struct queue_device::impl {
       if (f.key) key.emplace(*f.key);
       ticket t{ticket_kind::redrive, &d, {}, 0, f.id, r.pos, key, 0, {}};
       d.busy.insert(r.pos.to_u64());
-      if (!append(*q.messages, dead_buf, std::move(t), nullptr)) {
+      if (!append(*q.messages, q.messages_done, dead_buf, std::move(t), nullptr)) {
         d.busy.erase(r.pos.to_u64());
         break;
       }

@@ -568,7 +568,9 @@ void spool_writer::run() {
     space_cv_.notify_all();
     lk.unlock();
 
-    if (!parts.empty() || !marks.empty() || force_sync) process(parts, marks, force_sync);
+    const bool callbacks = !parts.empty();
+    if (callbacks || !marks.empty() || force_sync) process(parts, marks, force_sync);
+    if (callbacks && opts_.after_callbacks) opts_.after_callbacks();
     parts.clear();
     marks.clear();
     const auto now = steady::now();

@@ -311,6 +311,71 @@ TEST_CASE("spool: bad options and unusable directories are setup errors", "[unit
                                                     Contains((file / "q").string()));
 }
 
+// The device's pattern: callbacks collect outcomes without a lock on the
+// writer thread; after_callbacks hands them over once per batch.
+struct collector {
+  std::vector<postbox::append_outcome> staged;  // writer thread only
+  std::thread::id writer;
+  bool wrong_thread = false;
+  int hooks = 0;
+  std::mutex mu;
+  std::vector<postbox::append_outcome> handed;
+
+  postbox::append_callback callback() {
+    return [this](const postbox::append_outcome& o) {
+      if (writer == std::thread::id{}) writer = std::this_thread::get_id();
+      wrong_thread |= writer != std::this_thread::get_id();
+      staged.push_back(o);
+    };
+  }
+  void hand_over() {
+    wrong_thread |= writer != std::this_thread::get_id();
+    ++hooks;
+    std::lock_guard lk(mu);
+    handed.insert(handed.end(), staged.begin(), staged.end());
+    staged.clear();
+  }
+  std::size_t handed_count() {
+    std::lock_guard lk(mu);
+    return handed.size();
+  }
+};
+
+TEST_CASE("spool: after_callbacks runs on the writer thread after each batch's callbacks, "
+          "so that nothing a callback collected is left behind",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  collector c;
+  postbox::spool_options o;
+  o.after_callbacks = [&c] { c.hand_over(); };
+  postbox::spool s(dir.path(), o);
+  constexpr int threads = 3, each = 400;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < each; ++i)
+        REQUIRE(s.append(payload(t * each + i), c.callback()) == postbox::append_status::queued);
+    });
+  for (auto& t : ts) t.join();
+  REQUIRE(postbox::test::wait_until([&] { return c.handed_count() == threads * each; }));
+  CHECK(s.flush() == std::error_code{});
+  CHECK_FALSE(c.wrong_thread);
+  CHECK(c.writer != std::this_thread::get_id());
+  std::set<position> positions;
+  {
+    std::lock_guard lk(c.mu);
+    for (const auto& h : c.handed) {
+      CHECK(!h.error);
+      positions.insert(h.pos);
+    }
+  }
+  CHECK(positions.size() == threads * each);
+  const auto st = s.stats();
+  INFO("hooks " << c.hooks << ", batches " << st.batches);
+  CHECK(c.hooks >= 1);
+  CHECK(static_cast<std::uint64_t>(c.hooks) <= st.batches);
+}
+
 TEST_CASE("spool: a failed write fails its appends, leaves no partial record, and appends "
           "succeed again without reopening",
           "[unit][spool]") {
@@ -356,4 +421,25 @@ TEST_CASE("spool: a failed fdatasync is fatal: nothing it covered is reported du
   }
   postbox::spool s(dir.path());  // reopening recovers what is on disk
   CHECK(!s.append_and_wait("after reopen").error);
+}
+
+TEST_CASE("spool: after_callbacks also hands over the outcomes of a failed fdatasync",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &faulty_fdatasync;
+  collector c;
+  postbox::spool_options o;
+  o.after_callbacks = [&c] { c.hand_over(); };
+  postbox::spool s(dir.path(), o);
+  REQUIRE(s.append("durable", c.callback()) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([&] { return c.handed_count() == 1; }));
+  fail_syncs = EIO;
+  REQUIRE(s.append("covered by the failed sync", c.callback()) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([&] { return c.handed_count() == 2; }));
+  fail_syncs = 0;
+  std::lock_guard lk(c.mu);
+  CHECK(!c.handed[0].error);
+  CHECK(c.handed[1].error == std::errc::io_error);
+  CHECK_FALSE(c.wrong_thread);
 }

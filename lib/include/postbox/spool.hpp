@@ -37,6 +37,11 @@ struct spool_options {
   /// More than a few MiB does not help: the batch buffers fall out of the
   /// CPU's caches (postbox-bench-spool).
   std::size_t max_queued_bytes = 8u * 1024 * 1024;
+  /// Called on the writer thread after the append callbacks of a batch have
+  /// all run, before the writer looks for more work. A caller whose callbacks
+  /// only collect outcomes (no lock, no wake-up per record) hands them on
+  /// here, once per batch. Must not call back into this spool. Optional.
+  std::function<void()> after_callbacks = nullptr;
 };
 
 /// Where a record lives: segment number and byte offset of its header.
