@@ -718,6 +718,34 @@ TEST_CASE("queue: a consumer that leaves hands its unacked deliveries to another
   CHECK_FALSE(staying.receive(300ms));
 }
 
+TEST_CASE("queue: a consumer asking for more prefetch than --max-prefetch holds that many at most",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  auto cfg = base_config(dir, test::transport_kind::tcp);
+  cfg.max_prefetch = 3;
+  running_device dev(ctx, cfg);
+  control ctl(ctx, dev);
+  producer p(ctx, dev.clients(), "jobs");
+  for (int i = 0; i < 10; ++i) REQUIRE(p.send(message("work", "job-" + std::to_string(i))).ok);
+  consumer greedy(ctx, dev.clients(), {"jobs"},
+                  consumer_options{.socket = {}, .prefetch = 50, .heartbeat = 500ms});
+  std::vector<delivery> held;
+  for (int i = 0; i < 3; ++i) {
+    auto d = greedy.receive(deadline);
+    REQUIRE(d);
+    held.push_back(std::move(*d));
+  }
+  REQUIRE(ctl.wait_field("in_flight", "jobs", 3));
+  CHECK_FALSE(greedy.receive(300ms));  // the other 7 wait for credit
+  CHECK(ctl.field("in_flight", "jobs") == 3);
+  greedy.ack(held.front());  // one credit back: one more delivery
+  auto d = greedy.receive(deadline);
+  REQUIRE(d);
+  CHECK(d->msg.payload() == "job-3");
+  CHECK(ctl.wait_field("in_flight", "jobs", 3));
+}
+
 // ------------------------------------------------------------ 7. hostile peers
 
 TEST_CASE("queue: hostile peers on the clients, plain and control sockets are refused and "

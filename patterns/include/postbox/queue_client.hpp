@@ -130,6 +130,11 @@ using delivery_handler = std::function<verdict(const delivery&)>;
 struct consumer_options {
   socket_options socket;
   /// Deliveries held unacked at most (the device's credit for this consumer).
+  /// One consumer's throughput is at most prefetch / round trip (delivery to
+  /// ack back at the device, a few ms on a busy machine): 100 allows some
+  /// tens of thousands of messages/s; short jobs at high rates want
+  /// thousands; long jobs want 1, since a crash strands that many. The
+  /// device caps it at its --max-prefetch (10,000 by default).
   std::uint32_t prefetch = 100;
   /// How often the consumer tells the device it is alive; the device gives
   /// its deliveries to others after three intervals of silence.

@@ -60,7 +60,7 @@ struct queue_config {
   std::size_t buffer_bytes = 16u * 1024 * 1024;
   /// A consumer asking for more prefetch gets this many: it bounds what one
   /// consumer holds in flight (and the device's memory for it).
-  std::uint32_t max_prefetch = 1'000;
+  std::uint32_t max_prefetch = 10'000;
   /// Queues the device opens at most. Each is four spools (its messages and
   /// attempts, and its dead-letter queue's), each with a writer thread.
   std::size_t max_queues = 100;
