@@ -262,6 +262,14 @@ class running_device {
 
   [[nodiscard]] std::string clients() const { return ">" + device_.client_endpoints().front(); }
 
+  // CPU time of the device's loop thread so far, s (its spools' writers not included).
+  [[nodiscard]] double loop_cpu_seconds() {
+    clockid_t id{};
+    timespec ts{};
+    if (::pthread_getcpuclockid(thread_.native_handle(), &id) != 0 || ::clock_gettime(id, &ts) != 0) return 0;
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+  }
+
   // The "stats" answer, or empty when none came within a second.
   std::string stats() {
     if (!req_) {
@@ -310,6 +318,7 @@ struct e2e_result {
   std::uint64_t warm_ups = 0;     // one per producer, not counted elsewhere
   std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
   double cpu_cores = 0;          // the process's CPU time over the run's wall time
+  double loop_ns_per_msg = 0;    // the device loop thread's CPU time per message
   percentiles delivery, confirmation;
   postbox::bench::stall_summary stalls;  // paced only: the machine's own, in the same run
   std::vector<percentiles> timeline;  // --timeline: the first consumer's, per 1/4 s
@@ -453,6 +462,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   }
   const std::int64_t start_ns = now_ns();
   const double cpu_start = process_cpu_seconds();
+  const double loop_start = dev.loop_cpu_seconds();
   go_ns = start_ns;
   go = true;
   go.notify_all();
@@ -481,6 +491,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   if (probe) r.stalls = probe->stop();
   r.complete = unique.load() == n;
   r.cpu_cores = (process_cpu_seconds() - cpu_start) / (static_cast<double>(now_ns() - start_ns) / 1e9);
+  r.loop_ns_per_msg = (dev.loop_cpu_seconds() - loop_start) * 1e9 / static_cast<double>(n);
 
   // The device's own account, once the last acks have reached it.
   std::string js;
@@ -551,11 +562,11 @@ void print_e2e(const char* what, const e2e_result& r) {
               static_cast<unsigned long long>(r.redelivered), static_cast<unsigned long long>(r.bad),
               r.complete ? "" : "  INCOMPLETE");
   std::printf("  %-22s device (incl. %llu warm-up): enqueued %llu acked %llu depth %llu dedup-hits %llu, "
-              "append->durable p50 %llu us max %llu us; CPU %.2f cores\n",
+              "append->durable p50 %llu us max %llu us; CPU %.2f cores, device loop %.0f ns/msg\n",
               "", static_cast<unsigned long long>(r.warm_ups), static_cast<unsigned long long>(r.device_enqueued),
               static_cast<unsigned long long>(r.device_acked), static_cast<unsigned long long>(r.device_depth),
               static_cast<unsigned long long>(r.device_dup), static_cast<unsigned long long>(r.fsync_p50_us),
-              static_cast<unsigned long long>(r.fsync_max_us), r.cpu_cores);
+              static_cast<unsigned long long>(r.fsync_max_us), r.cpu_cores, r.loop_ns_per_msg);
   for (std::size_t i = 0; i < r.timeline.size(); ++i) {
     const auto& w = r.timeline[i];
     std::printf("  %-22s %5.2f s  p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (first consumer)\n",

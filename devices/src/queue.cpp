@@ -1816,7 +1816,8 @@ struct queue_device::impl {
   std::unordered_map<std::uint64_t, flight> in_flight;
   // Left by acked deliveries for the next ones, so that steady delivery
   // allocates nothing: in_flight's nodes, and record buffers for refill().
-  static constexpr std::size_t max_spares = 1024;
+  // An ack command can free thousands at once (a consumer's prefetch).
+  static constexpr std::size_t max_spares = 4096;
   static constexpr std::size_t max_spare_record = 2048;
   std::vector<std::unordered_map<std::uint64_t, flight>::node_type> spare_flights;
   std::vector<std::string> spare_records;
