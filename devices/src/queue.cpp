@@ -492,8 +492,9 @@ struct queue_device::impl {
   using dedup_entry = dedup_table::slot;
 
   // Adds `id` to the window; returns its entry when it was already there
-  // (never for the nil id, which the table refuses).
-  const dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
+  // (never for the nil id, which the table refuses). An id remembered as
+  // not durable yet is also in `writing` until its append completes.
+  dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
     if (config.dedup_window.count() == 0) return nullptr;
     const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
     auto [slot, fresh] = dedup.insert(id, expires, durable);
@@ -521,7 +522,10 @@ struct queue_device::impl {
       }
       dedup_order.pop_front();
     }
-    if (expired) dedup.shrink_to_fit();
+    if (expired) {
+      dedup.shrink_to_fit();
+      writing.shrink_to_fit();
+    }
   }
 
   // ------------------------------------------------------------ spool completions
@@ -633,10 +637,11 @@ struct queue_device::impl {
         if (!o.error) {
           ++q.st.enqueued;
           sample_fsync(q, t.appended);
-          if (dedup_entry* d = dedup.find(t.id)) d->set_durable();
+          writing.erase(t.id);  // durable now: its slot in `dedup` learns it lazily
           if (t.kind == ticket_kind::publish) confirms[t.peer].push_back(t.seq);
         } else {
           dedup.erase(t.id);
+          writing.erase(t.id);
           ++q.st.refused;
           log.fault("append", "queue " + q.name + ": append failed: " + o.error.message());
           if (t.kind == ticket_kind::publish) {
@@ -790,12 +795,15 @@ struct queue_device::impl {
       return;
     }
     const std::uint64_t now = turn_wall_us;
-    if (const dedup_entry* d = remember(scratch.id(), now / 1000, false)) {
+    if (dedup_entry* d = remember(scratch.id(), now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
+      if (!d->durable() && writing.find(scratch.id()) == nullptr) d->set_durable();
       if (d->durable() && kind == ticket_kind::publish) confirms[peer].push_back(seq);
       return;
     }
+    const bool deduplicated = config.dedup_window.count() > 0;
+    if (deduplicated) (void)writing.insert(scratch.id(), 0, false);
     record_fields f;
     f.enqueued_us = now;
     f.not_before_us = delay_ms > 0 ? now + delay_ms * 1000 : 0;
@@ -808,6 +816,7 @@ struct queue_device::impl {
     ticket t{kind, q, peer, seq, f.id, {}, {}, 0, {}};
     if (!append(*q->messages, q->messages_done, record_buf, std::move(t), &why)) {
       dedup.erase(f.id);  // not enqueued: a resend must be taken
+      if (deduplicated) writing.erase(f.id);
       ++q->st.refused;
       if (kind == ticket_kind::publish) refuse(peer, seq, why);
       log.fault("append", "queue " + q->name + ": " + why);
@@ -1823,6 +1832,10 @@ struct queue_device::impl {
   std::vector<std::string> spare_records;
   std::uint64_t tag_base = 0, next_tag = 0;
   dedup_table dedup;
+  // Ids in `dedup` whose first copy is still being appended: few (the
+  // appends in flight), so looking one up stays in the CPU's caches, unlike
+  // the whole window. A completion only takes its id out of here.
+  dedup_table writing;
   std::deque<std::pair<std::uint64_t, message_id>> dedup_order;
   std::uint64_t dedup_evicted = 0;
   detail::ring<ticket> tickets;   // numbers ticket_base, ticket_base + 1, ...

@@ -620,6 +620,41 @@ TEST_CASE("queue: a message sent twice with the same id is confirmed twice and d
   CHECK(got == std::vector<std::string>{"shipped", "other"});
 }
 
+TEST_CASE("queue: a copy that arrives while the first is being written is neither enqueued "
+          "nor confirmed; one after the first is durable is confirmed",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, base_config(dir));
+  control ctl(ctx, dev);
+  zmq::socket_t h = raw_socket(ctx, zmq::socket_type::dealer, dev.device().client_endpoints().front());
+  const std::string env = valid_envelope("order", "placed");
+  // Two copies in one frame: the device handles both in one turn, before
+  // the first append can have completed.
+  using pub = std::tuple<std::string, int, std::string, int, int, std::vector<char>>;
+  send_frames(h, {pack(std::string("batch"), std::vector<pub>{{"pub", 1, "jobs", 0, 0, as_bin(env)},
+                                                              {"pub", 2, "jobs", 0, 0, as_bin(env)}})});
+  auto confirmed = [&] {
+    zmq::message_t reply;
+    REQUIRE(h.recv(reply));
+    const auto handle = msgpack::unpack(static_cast<const char*>(reply.data()), reply.size());
+    const auto [cmd, seqs] = handle.get().as<std::tuple<std::string, std::vector<std::uint64_t>>>();
+    REQUIRE(cmd == "ok");
+    return seqs;
+  };
+  CHECK(confirmed() == std::vector<std::uint64_t>{1});
+  h.set(zmq::sockopt::rcvtimeo, 300);
+  zmq::message_t more;
+  CHECK_FALSE(h.recv(more));  // nothing for the copy of its own
+  h.set(zmq::sockopt::rcvtimeo, 10'000);
+  CHECK(ctl.field("enqueued", "jobs") == 1);
+  CHECK(ctl.field("duplicates", "jobs") == 1);
+  send_frames(h, {pack(std::string("pub"), 3, std::string("jobs"), 0, 0, as_bin(env))});
+  CHECK(confirmed() == std::vector<std::uint64_t>{3});
+  CHECK(ctl.field("duplicates", "jobs") == 2);
+  CHECK(ctl.field("depth", "jobs") == 1);
+}
+
 // ------------------------------------------------------------ 5. visibility timeout
 
 TEST_CASE("queue: a delivery held past the visibility timeout goes to another consumer, and the "
