@@ -1250,7 +1250,10 @@ struct queue_device::impl {
   void dispatch(queue& q) {
     while (!q.ready.empty()) {
       entry& head = q.ready.front();
-      if (q.messages->is_done(head.pos)) {  // redriven away while it waited
+      // A dead letter can be redriven away while it waits here (a source
+      // queue's waiting messages are finished only by the loop, after they
+      // leave `ready`): only a dead-letter queue asks its spool.
+      if (q.is_dlq && q.messages->is_done(head.pos)) {
         entry e = pop_ready(q);
         finish_message(q, e.pos, e.key);
         continue;
