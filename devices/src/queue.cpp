@@ -210,6 +210,7 @@ struct queue_device::impl {
     std::vector<queue*> queues;
     std::uint32_t prefetch = 1;
     std::uint32_t in_flight = 0;
+    std::size_t in_flight_bytes = 0;  // the records of those deliveries
     milliseconds heartbeat{500};
     steady::time_point last_seen;
     steady::time_point last_beat_sent;
@@ -355,6 +356,7 @@ struct queue_device::impl {
     if (config.buffer_messages == 0 || config.buffer_bytes == 0) bad("buffers must be positive");
     if (config.max_queues == 0) bad("max queues must be at least 1");
     if (config.max_prefetch == 0) bad("max prefetch must be at least 1");
+    if (config.max_prefetch_bytes == 0) bad("max prefetch bytes must be at least 1");
     if (config.max_message_size < 64) bad("max message size must be at least 64 bytes");
   }
 
@@ -901,6 +903,7 @@ struct queue_device::impl {
     if (!f.consumer.empty()) {
       if (auto c = consumers.find(f.consumer); c != consumers.end() && c->second.in_flight > 0) {
         --c->second.in_flight;
+        c->second.in_flight_bytes -= std::min(c->second.in_flight_bytes, f.e.record.size());
       }
     }
     return f;
@@ -1249,13 +1252,6 @@ struct queue_device::impl {
   // Hands ready messages to consumers with credit, round-robin.
   void dispatch(queue& q) {
     while (!q.ready.empty()) {
-      // Records wait in the read-ahead buffer long enough to leave the CPU's
-      // caches, and each has its own allocation: start loading the one a few
-      // places back, so that reading it is not a miss when its turn comes.
-      if (constexpr std::size_t ahead = 4; q.ready.size() > ahead) {
-        const std::string& r = q.ready[ahead].record;
-        for (std::size_t at = 0; at < r.size(); at += 64) __builtin_prefetch(r.data() + at);
-      }
       entry& head = q.ready.front();
       // A dead letter can be redriven away while it waits here (a source
       // queue's waiting messages are finished only by the loop, after they
@@ -1275,6 +1271,14 @@ struct queue_device::impl {
         if (&q == plain_queue && plain_out && deliver_plain(q)) continue;
         return;
       }
+      // Records wait in the read-ahead buffer long enough to leave the CPU's
+      // caches, and each has its own allocation: start loading the start of
+      // the one a few places back, so that it is not a miss when its turn comes.
+      if (constexpr std::size_t ahead = 4; q.ready.size() > ahead) {
+        const std::string& r = q.ready[ahead].record;
+        for (std::size_t at = 0; at < std::min<std::size_t>(r.size(), 256); at += 64)
+          __builtin_prefetch(r.data() + at);
+      }
       if (!deliver(q, *c)) return;
     }
   }
@@ -1291,7 +1295,9 @@ struct queue_device::impl {
     for (std::size_t i = 0; i < n; ++i) {
       const std::string& id = q.consumers[(q.next_consumer + i) % n];
       auto it = consumers.find(id);
-      if (it != consumers.end() && it->second.in_flight < it->second.prefetch) {
+      // Credit in messages, and in bytes (but one delivery always goes).
+      if (it != consumers.end() && it->second.in_flight < it->second.prefetch &&
+          (it->second.in_flight == 0 || it->second.in_flight_bytes < config.max_prefetch_bytes)) {
         q.next_consumer = (q.next_consumer + i + 1) % n;
         return &it->second;
       }
@@ -1325,6 +1331,7 @@ struct queue_device::impl {
     entry e = pop_ready(q);
     ++q.st.delivered;
     ++c.in_flight;
+    c.in_flight_bytes += e.record.size();
     if (q.is_dlq) q.busy.insert(e.pos.to_u64());
     flight fl{&q, std::move(e), c.id, turn_now + config.visibility_timeout};
     if (spare_flights.empty()) {

@@ -64,6 +64,7 @@ po::options_description describe() {
     ("buffer-messages", po::value<std::size_t>()->default_value(d.buffer_messages)->value_name("N"), "messages read ahead of delivery per queue")
     ("buffer-bytes", po::value<std::size_t>()->default_value(d.buffer_bytes)->value_name("BYTES"), "memory for records read ahead of delivery per queue")
     ("max-prefetch", po::value<std::uint32_t>()->default_value(d.max_prefetch)->value_name("N"), "unacked deliveries one consumer holds at most, whatever it asks for")
+    ("max-prefetch-bytes", po::value<std::size_t>()->default_value(d.max_prefetch_bytes)->value_name("BYTES"), "bytes of unacked deliveries one consumer holds at most (one delivery always goes)")
     ("max-queues", po::value<std::size_t>()->default_value(d.max_queues)->value_name("N"), "queues the device opens at most")
     ("max-message-size", po::value<std::int64_t>()->default_value(d.max_message_size)->value_name("BYTES"), "largest frame accepted; a larger one drops its connection")
     ("hwm", po::value<int>()->default_value(d.hwm)->value_name("N"), "messages queued per peer and direction")
@@ -157,6 +158,8 @@ queue_command load_queue_config(int argc, const char* const* argv) {
   if (c.max_prefetch == 0 || c.max_prefetch > 1'000'000) {
     throw config_error("--max-prefetch must be 1 .. 1000000, got " + std::to_string(c.max_prefetch));
   }
+  c.max_prefetch_bytes = vm["max-prefetch-bytes"].as<std::size_t>();
+  if (c.max_prefetch_bytes == 0) throw config_error("--max-prefetch-bytes must be positive");
   c.max_queues = vm["max-queues"].as<std::size_t>();
   if (c.max_queues == 0 || c.max_queues > 10'000) throw config_error("--max-queues must be 1 .. 10000");
   c.max_message_size = vm["max-message-size"].as<std::int64_t>();

@@ -61,6 +61,10 @@ struct queue_config {
   /// A consumer asking for more prefetch gets this many: it bounds what one
   /// consumer holds in flight (and the device's memory for it).
   std::uint32_t max_prefetch = 10'000;
+  /// ... and at most this many bytes of deliveries (records; it always gets
+  /// one, however large): with max_prefetch, bounds the device's memory for
+  /// a consumer, whatever the message size.
+  std::size_t max_prefetch_bytes = 16u * 1024 * 1024;
   /// Queues the device opens at most. Each is four spools (its messages and
   /// attempts, and its dead-letter queue's), each with a writer thread.
   std::size_t max_queues = 100;
