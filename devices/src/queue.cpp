@@ -233,6 +233,8 @@ struct queue_device::impl {
     bool is_dlq = false;
     queue* dlq = nullptr;     // for a source queue
     queue* source = nullptr;  // for a dead-letter queue
+    // Mixed into producer ids in the de-duplication window (dedup_key).
+    message_id dedup_salt;
     // Declared before the spools: their writer threads use them to the end.
     completion_stage messages_done, attempts_done;
     std::optional<spool> messages;
@@ -270,7 +272,7 @@ struct queue_device::impl {
     queue* q;
     std::string peer;  // publish: the producer's routing id
     std::uint64_t seq = 0;
-    message_id id;
+    message_id id;  // publish/plain: its key in the de-duplication window (dedup_key)
     position source;  // attempt: its message; dead_letter/redrive: the record moved
     std::optional<std::string> key;
     std::uint32_t attempts = 0;
@@ -419,6 +421,7 @@ struct queue_device::impl {
     q->name = name;
     q->is_dlq = is_dlq;
     q->st.name = name;
+    q->dedup_salt = salt_of(name);
     const fs::path dir = config.data_dir / name;
     q->messages.emplace(dir / "messages", spool_opts(true, q->messages_done));
     q->attempts.emplace(dir / "attempts", spool_opts(false, q->attempts_done));
@@ -485,13 +488,31 @@ struct queue_device::impl {
       const auto s = c.next(r);
       if (s == read_status::end) break;
       if (s != read_status::ok || !parse_record(r.data, f) || f.enqueued_us < horizon) continue;
-      (void)remember(f.id, f.enqueued_us / 1000, true);
+      (void)remember(dedup_key(q, f.id), f.enqueued_us / 1000, true);
     }
   }
 
   // ------------------------------------------------------------ de-duplication
 
   using dedup_entry = dedup_table::slot;
+
+  // The window is per queue: one id sent to two queues is two messages. A
+  // queue's ids enter the window XORed with a 128-bit salt derived from its
+  // name (the same after a restart), which keeps them apart within the queue.
+  static message_id salt_of(std::string_view name) noexcept {
+    message_id salt;
+    std::uint64_t h[2] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull};  // FNV-1a, two bases
+    for (auto& v : h) {
+      for (const char c : name) v = (v ^ static_cast<std::uint8_t>(c)) * 0x100000001b3ull;
+    }
+    std::memcpy(salt.bytes.data(), h, sizeof h);
+    return salt;
+  }
+  static message_id dedup_key(const queue& q, const message_id& id) noexcept {
+    message_id key;
+    for (std::size_t i = 0; i < key.bytes.size(); ++i) key.bytes[i] = id.bytes[i] ^ q.dedup_salt.bytes[i];
+    return key;
+  }
 
   // Adds `id` to the window; returns its entry when it was already there
   // (never for the nil id, which the table refuses). An id remembered as
@@ -797,15 +818,16 @@ struct queue_device::impl {
       return;
     }
     const std::uint64_t now = turn_wall_us;
-    if (dedup_entry* d = remember(scratch.id(), now / 1000, false)) {
+    const message_id key = dedup_key(*q, scratch.id());
+    if (dedup_entry* d = remember(key, now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
-      if (!d->durable() && writing.find(scratch.id()) == nullptr) d->set_durable();
+      if (!d->durable() && writing.find(key) == nullptr) d->set_durable();
       if (d->durable() && kind == ticket_kind::publish) confirms[peer].push_back(seq);
       return;
     }
     const bool deduplicated = config.dedup_window.count() > 0;
-    if (deduplicated) (void)writing.insert(scratch.id(), 0, false);
+    if (deduplicated) (void)writing.insert(key, 0, false);
     record_fields f;
     f.enqueued_us = now;
     f.not_before_us = delay_ms > 0 ? now + delay_ms * 1000 : 0;
@@ -815,10 +837,10 @@ struct queue_device::impl {
     f.envelope = envelope;
     build_record(record_buf, f);
     std::string why;
-    ticket t{kind, q, peer, seq, f.id, {}, {}, 0, {}};
+    ticket t{kind, q, peer, seq, key, {}, {}, 0, {}};  // its id: the window's key
     if (!append(*q->messages, q->messages_done, record_buf, std::move(t), &why)) {
-      dedup.erase(f.id);  // not enqueued: a resend must be taken
-      if (deduplicated) writing.erase(f.id);
+      dedup.erase(key);  // not enqueued: a resend must be taken
+      if (deduplicated) writing.erase(key);
       ++q->st.refused;
       if (kind == ticket_kind::publish) refuse(peer, seq, why);
       log.fault("append", "queue " + q->name + ": " + why);

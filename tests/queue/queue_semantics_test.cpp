@@ -655,6 +655,36 @@ TEST_CASE("queue: a copy that arrives while the first is being written is neithe
   CHECK(ctl.field("depth", "jobs") == 1);
 }
 
+TEST_CASE("queue: one id sent to two queues is two messages; a resend to either is a duplicate",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, base_config(dir));
+  control ctl(ctx, dev);
+  id_generator ids;
+  message m("order", "placed");
+  m.set_id(ids.next(now_ms()));
+  producer to_a(ctx, dev.clients(), "a");
+  producer to_b(ctx, dev.clients(), "b");
+  REQUIRE(to_a.send(m).ok);
+  REQUIRE(to_b.send(m).ok);
+  CHECK(ctl.field("enqueued", "a") == 1);
+  CHECK(ctl.field("enqueued", "b") == 1);
+  CHECK(ctl.field("duplicates", "b") == 0);
+  REQUIRE(to_a.send(m).ok);
+  REQUIRE(to_b.send(m).ok);
+  CHECK(ctl.field("duplicates", "a") == 1);
+  CHECK(ctl.field("duplicates", "b") == 1);
+  for (const char* q : {"a", "b"}) {
+    consumer c(ctx, dev.clients(), {q});
+    auto d = c.receive(deadline);
+    REQUIRE(d);
+    CHECK(d->msg.id() == m.id());
+    c.ack(*d);
+    CHECK_FALSE(c.receive(300ms));
+  }
+}
+
 // ------------------------------------------------------------ 5. visibility timeout
 
 TEST_CASE("queue: a delivery held past the visibility timeout goes to another consumer, and the "
