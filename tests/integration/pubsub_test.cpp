@@ -222,27 +222,40 @@ TEST_CASE("pub/sub: unsubscribing stops the messages of that filter", "[integrat
   CHECK_THROWS_AS(sub.subscribe_pattern("a.>.b"), postbox::config_error);
 }
 
+// A raw XPUB that a subscriber to everything has reached: what it sends is not lost.
+struct raw_publisher {
+  explicit raw_publisher(postbox::context& ctx, const std::string& address)
+      : socket(ctx.native(), zmq::socket_type::xpub) {
+    socket.bind(address);
+  }
+  // Waits for `sub`'s subscription to arrive.
+  void subscribed() {
+    zmq::message_t subscription;
+    REQUIRE(socket.recv(subscription));
+  }
+  // Sends a message of stream (origin, topic) numbered `seq`, with `payload`.
+  void send(std::uint64_t origin, std::string_view topic, std::uint64_t seq, std::string_view payload) {
+    postbox::encoded frames;
+    postbox::message_view v;
+    v.topic = topic;
+    v.origin = origin;
+    v.sequence = seq;
+    v.payload = payload;
+    postbox::encode(v, frames);
+    socket.send(frames.first, zmq::send_flags::none);
+  }
+  zmq::socket_t socket;
+};
+
 TEST_CASE("pub/sub: a copy of a message already delivered is dropped and counted as a duplicate",
           "[integration][pubsub]") {
   postbox::context ctx;
-  zmq::socket_t raw(ctx.native(), zmq::socket_type::xpub);
-  raw.bind("inproc://dups");
+  raw_publisher raw(ctx, "inproc://dups");
   postbox::subscriber sub(ctx, ">inproc://dups");
   sub.subscribe("");
-  zmq::message_t subscription;
-  REQUIRE(raw.recv(subscription));
+  raw.subscribed();
   // One stream (origin 7) with numbers 1, 2, 5, 6, 6, 3, 7: docs/protocol.md's example.
-  for (std::uint64_t seq : {1, 2, 5, 6, 6, 3, 7}) {
-    postbox::encoded frames;
-    postbox::message_view v;
-    v.topic = "t";
-    v.origin = 7;
-    v.sequence = seq;
-    const auto text = std::to_string(seq);
-    v.payload = text;
-    postbox::encode(v, frames);
-    raw.send(frames.first, zmq::send_flags::none);
-  }
+  for (std::uint64_t seq : {1, 2, 5, 6, 6, 3, 7}) raw.send(7, "t", seq, std::to_string(seq));
   std::vector<std::string> got;
   while (auto m = sub.receive(got.size() < 5 ? 5000ms : 100ms)) got.emplace_back(m->payload());
   CHECK(got == std::vector<std::string>{"1", "2", "5", "6", "7"});
@@ -254,12 +267,10 @@ TEST_CASE("pub/sub: a copy of a message already delivered is dropped and counted
 
 TEST_CASE("pub/sub: interleaved streams keep their own numbers", "[integration][pubsub]") {
   postbox::context ctx;
-  zmq::socket_t raw(ctx.native(), zmq::socket_type::xpub);
-  raw.bind("inproc://interleaved");
+  raw_publisher raw(ctx, "inproc://interleaved");
   postbox::subscriber sub(ctx, ">inproc://interleaved");
   sub.subscribe("");
-  zmq::message_t subscription;
-  REQUIRE(raw.recv(subscription));
+  raw.subscribed();
   // Three streams: (7, "t"), (8, "t") and (7, "u"), taking turns, so that no
   // message follows one of its own stream. Each stream has one gap or one copy.
   struct step {
@@ -270,15 +281,7 @@ TEST_CASE("pub/sub: interleaved streams keep their own numbers", "[integration][
   const step steps[] = {{7, "t", 1}, {8, "t", 1}, {7, "u", 1}, {7, "t", 2}, {8, "t", 1},
                         {7, "u", 4}, {7, "t", 3}, {8, "t", 2}, {7, "u", 5}, {7, "t", 2}};
   for (const auto& st : steps) {
-    postbox::encoded frames;
-    postbox::message_view v;
-    v.topic = st.topic;
-    v.origin = st.origin;
-    v.sequence = st.seq;
-    const auto text = std::to_string(st.origin) + st.topic + std::to_string(st.seq);
-    v.payload = text;
-    postbox::encode(v, frames);
-    raw.send(frames.first, zmq::send_flags::none);
+    raw.send(st.origin, st.topic, st.seq, std::to_string(st.origin) + st.topic + std::to_string(st.seq));
   }
   std::vector<std::string> got;
   while (auto m = sub.receive(got.size() < 8 ? 5000ms : 100ms)) got.emplace_back(m->payload());

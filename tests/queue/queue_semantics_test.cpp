@@ -783,6 +783,27 @@ TEST_CASE("queue: a consumer that leaves hands its unacked deliveries to another
   CHECK_FALSE(staying.receive(300ms));
 }
 
+// A consumer that asks for far more credit than the tests' devices give.
+consumer greedy_consumer(context& ctx, running_device& dev) {
+  return consumer(ctx, dev.clients(), {"jobs"},
+                  consumer_options{.socket = {}, .prefetch = 50, .heartbeat = 500ms});
+}
+
+// Receives `n` deliveries of "jobs" on `c`, then checks that the device holds
+// back the rest: `n` in flight, and nothing more comes.
+std::vector<delivery> hold_until_out_of_credit(consumer& c, control& ctl, std::uint64_t n) {
+  std::vector<delivery> held;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    auto d = c.receive(deadline);
+    REQUIRE(d);
+    held.push_back(std::move(*d));
+  }
+  REQUIRE(ctl.wait_field("in_flight", "jobs", n));
+  CHECK_FALSE(c.receive(300ms));
+  CHECK(ctl.field("in_flight", "jobs") == n);
+  return held;
+}
+
 TEST_CASE("queue: a consumer asking for more prefetch than --max-prefetch holds that many at most",
           "[queue]") {
   test::temp_dir dir;
@@ -793,17 +814,8 @@ TEST_CASE("queue: a consumer asking for more prefetch than --max-prefetch holds 
   control ctl(ctx, dev);
   producer p(ctx, dev.clients(), "jobs");
   for (int i = 0; i < 10; ++i) REQUIRE(p.send(message("work", "job-" + std::to_string(i))).ok);
-  consumer greedy(ctx, dev.clients(), {"jobs"},
-                  consumer_options{.socket = {}, .prefetch = 50, .heartbeat = 500ms});
-  std::vector<delivery> held;
-  for (int i = 0; i < 3; ++i) {
-    auto d = greedy.receive(deadline);
-    REQUIRE(d);
-    held.push_back(std::move(*d));
-  }
-  REQUIRE(ctl.wait_field("in_flight", "jobs", 3));
-  CHECK_FALSE(greedy.receive(300ms));  // the other 7 wait for credit
-  CHECK(ctl.field("in_flight", "jobs") == 3);
+  consumer greedy = greedy_consumer(ctx, dev);
+  auto held = hold_until_out_of_credit(greedy, ctl, 3);  // the other 7 wait for credit
   greedy.ack(held.front());  // one credit back: one more delivery
   auto d = greedy.receive(deadline);
   REQUIRE(d);
@@ -827,17 +839,8 @@ TEST_CASE("queue: a consumer stops getting deliveries once it holds --max-prefet
     REQUIRE(p.send(message("work", std::to_string(i) + std::string(600, 'x'))).ok);
   }
   REQUIRE(p.send(message("work", std::string(5000, 'L'))).ok);  // larger than the cap
-  consumer greedy(ctx, dev.clients(), {"jobs"},
-                  consumer_options{.socket = {}, .prefetch = 50, .heartbeat = 500ms});
-  std::vector<delivery> held;
-  for (int i = 0; i < 2; ++i) {
-    auto d = greedy.receive(deadline);
-    REQUIRE(d);
-    held.push_back(std::move(*d));
-  }
-  REQUIRE(ctl.wait_field("in_flight", "jobs", 2));
-  CHECK_FALSE(greedy.receive(300ms));
-  CHECK(ctl.field("in_flight", "jobs") == 2);
+  consumer greedy = greedy_consumer(ctx, dev);
+  auto held = hold_until_out_of_credit(greedy, ctl, 2);
   // Acks free bytes: the rest come, never more than two held at a time,
   // and the large one too (the delivery that takes a consumer past the cap
   // still goes; the next waits).
