@@ -48,8 +48,13 @@ channel_socket::channel_socket(context& ctx, zmq::socket_type type, std::string_
         endpoints.push_back(ep.address);
       }
     } catch (const zmq::error_t& e) {
-      throw transport_error(std::string(ep.mode == endpoint_mode::bind ? "bind " : "connect ") +
-                            ep.address + ": " + e.what());
+      const bool bind = ep.mode == endpoint_mode::bind;
+      // libzmq says "No such device" for a host it cannot bind: say what to do.
+      const std::string why = bind && e.num() == ENODEV
+                                  ? "not an address or interface of this machine (bind to one of "
+                                    "its addresses, 127.0.0.1, or * for all)"
+                                  : e.what();
+      throw transport_error(std::string(bind ? "bind " : "connect ") + ep.address + ": " + why);
     }
   }
 }

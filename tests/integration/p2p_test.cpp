@@ -180,4 +180,7 @@ TEST_CASE("point-to-point: bad endpoints and failed binds throw with the endpoin
   CHECK_THROWS_AS(postbox::receiver(ctx, "@" + taken), postbox::transport_error);
   CHECK_THROWS_WITH(postbox::receiver(ctx, "@" + taken),
                     Catch::Contains(taken) && Catch::Contains("Address already in use"));
+  CHECK_THROWS_WITH(postbox::receiver(ctx, "@tcp://no-such-host.invalid:5555"),
+                    Catch::Contains("bind tcp://no-such-host.invalid:5555: not an address or "
+                                    "interface of this machine"));
 }
