@@ -7,10 +7,12 @@
 //      always: producers (send_async, a window of unconfirmed messages) and
 //      1, then 4, acking consumers on their own threads, all over tcp
 //      127.0.0.1; messages/s from the first send to the last ack, every
-//      message checked delivered at least once (duplicates counted). Each
-//      consumer has a prefetch of 4,000: one consumer's rate is at most its
-//      prefetch over the delivery->ack round trip (2-3 ms with both cores
-//      busy), so with 1,000 the credit, not the device, sets the rate;
+//      message checked delivered at least once (duplicates counted). The
+//      consumers share a prefetch of 4,000 (1,000 each when there are 4):
+//      one consumer's rate is at most its prefetch over the delivery->ack
+//      round trip (2-3 ms with both cores busy), so a lone consumer with
+//      1,000 is held back by its credit, not by the device; more credit
+//      than the rate needs only makes the device's working set larger;
 //   d) latency at half of (c)'s best rate: a paced producer stamps each
 //      payload with its send time; delivery latency is send_async -> the
 //      consumer's receive (it includes the fdatasync before a message can be
@@ -78,7 +80,7 @@ struct config {
   int spool_appenders = 4;
   int producers = 2;
   std::size_t window = 4'000;
-  std::uint32_t prefetch = 4'000;
+  std::uint32_t prefetch = 0;  // per consumer; 0: 4,000 shared by the consumers of a run
   double latency_seconds = 3.0;
   int consumers_only = 1;  // --e2e-only: consumers of the single run
   double latency_rate = 0;  // --latency-rate: pace (d) here instead of at half of (c)
@@ -348,7 +350,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
       ::pthread_setname_np(::pthread_self(), "qb-consumer");  // its I/O thread inherits it
       postbox::context ctx;
       postbox::consumer_options co;
-      co.prefetch = cfg.prefetch;
+      co.prefetch = cfg.prefetch != 0 ? cfg.prefetch : 4'000 / static_cast<std::uint32_t>(consumers);
       postbox::consumer c(ctx, ep, {queue_name}, co);
       auto& lat = delivery_lat[static_cast<std::size_t>(ci)];
       if (paced) lat.reserve(n / static_cast<std::uint64_t>(consumers) + 1024);
@@ -648,9 +650,11 @@ int main(int argc, char** argv) {
     std::printf("WARNING: %s is tmpfs, which ignores fsync; use --dir on a real disk\n", cfg.dir.c_str());
   std::printf("postbox-bench-queue: %zu-byte messages, fsync always (group commit), directory %s\n",
               message_size, cfg.dir.c_str());
-  std::printf("  %llu messages per end-to-end run, %d producer(s) window %zu, consumer prefetch %u, "
+  const std::string prefetch = cfg.prefetch != 0 ? std::to_string(cfg.prefetch) + " each"
+                                                 : std::string("4000 shared by the consumers");
+  std::printf("  %llu messages per end-to-end run, %d producer(s) window %zu, consumer prefetch %s, "
               "%u hardware threads\n\n",
-              static_cast<unsigned long long>(cfg.messages), cfg.producers, cfg.window, cfg.prefetch,
+              static_cast<unsigned long long>(cfg.messages), cfg.producers, cfg.window, prefetch.c_str(),
               std::thread::hardware_concurrency());
 
   if (latency_only) {
