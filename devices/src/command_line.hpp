@@ -16,6 +16,29 @@
 
 namespace postbox::devices::cli {
 
+/// Program_options reads "-1" for an unsigned option as a huge number (as
+/// strtoul does): refuses a sign in the value of every unsigned option.
+inline void refuse_signed_unsigned(const boost::program_options::parsed_options& parsed,
+                                   const boost::program_options::options_description& desc) {
+  namespace po = boost::program_options;
+  for (const auto& o : parsed.options) {
+    const auto* d = desc.find_nothrow(o.string_key, false);
+    if (d == nullptr) continue;
+    const auto* s = d->semantic().get();
+    if (dynamic_cast<const po::typed_value<unsigned int>*>(s) == nullptr &&
+        dynamic_cast<const po::typed_value<unsigned long>*>(s) == nullptr &&
+        dynamic_cast<const po::typed_value<unsigned long long>*>(s) == nullptr) {
+      continue;
+    }
+    for (const auto& v : o.value) {
+      const auto first = v.find_first_not_of(" \t");
+      if (first != std::string::npos && (v[first] == '-' || v[first] == '+')) {
+        throw config_error("--" + o.string_key + " takes a whole number of at least 0, got \"" + v + "\"");
+      }
+    }
+  }
+}
+
 /// Parses argv and the config file; Program_options' errors become a
 /// config_error carrying its one-line text.
 inline boost::program_options::variables_map parse_command_line(
@@ -23,14 +46,18 @@ inline boost::program_options::variables_map parse_command_line(
   namespace po = boost::program_options;
   po::variables_map vm;
   try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
+    const auto from_argv = po::parse_command_line(argc, argv, desc);
+    refuse_signed_unsigned(from_argv, desc);
+    po::store(from_argv, vm);
     if (vm.count("config")) {
       const auto path = vm["config"].as<std::string>();
       std::ifstream file(path);
       if (!file) {
         throw config_error("cannot read config file \"" + path + "\": " + std::strerror(errno));
       }
-      po::store(po::parse_config_file(file, desc), vm);
+      const auto from_file = po::parse_config_file(file, desc);
+      refuse_signed_unsigned(from_file, desc);
+      po::store(from_file, vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {

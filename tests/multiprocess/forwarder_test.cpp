@@ -307,6 +307,7 @@ TEST_CASE("forwarder: a bad option, endpoint, busy address or unreadable config 
       {{"--config", unreadable}, "cannot read config file \"" + unreadable + "\""},
       {{"--mode", "fanout"}, "--mode \"fanout\": use pubsub or pipeline"},
       {{"--log-level", "loud"}, "log level \"loud\""},
+      {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes a whole number of at least 0, got \"-3\""},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;
