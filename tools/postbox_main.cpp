@@ -55,8 +55,11 @@ int run(int argc, char** argv) {
   long count = -1;
   for (std::size_t i = 1; i + 1 < args.size(); ++i) {
     if (std::strcmp(args[i], "--count") == 0) {
-      count = std::strtol(args[i + 1], nullptr, 10);
-      if (count <= 0) throw postbox::config_error("--count must be a positive number");
+      char* end = nullptr;
+      count = std::strtol(args[i + 1], &end, 10);
+      if (count <= 0 || end == args[i + 1] || *end != '\0') {
+        throw postbox::config_error("--count must be a positive number, got \"" + std::string(args[i + 1]) + "\"");
+      }
       args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
       break;
     }

@@ -135,4 +135,6 @@ std::string forwarder_path() { return POSTBOX_FORWARDER; }
 
 std::string queue_path() { return POSTBOX_QUEUE; }
 
+std::string cli_path() { return POSTBOX_CLI; }
+
 }  // namespace postbox::test

@@ -71,4 +71,7 @@ class child {
 /// The postbox-queue executable's path.
 [[nodiscard]] std::string queue_path();
 
+/// The postbox command-line tool's path.
+[[nodiscard]] std::string cli_path();
+
 }  // namespace postbox::test
