@@ -250,7 +250,9 @@ struct queue_device::impl {
     // Read-ahead records and the memory they hold (their capacity, which
     // for a recycled buffer can exceed the record).
     std::size_t buffered = 0, buffered_bytes = 0;
-    std::vector<std::string> consumers;  // routing ids, round-robin
+    // Round-robin. Elements of the device's `consumers` map, which stay put
+    // until erased; lose_consumer() takes one out of here first.
+    std::vector<consumer_state*> consumers;
     std::size_t next_consumer = 0;
     queue_stats st;
     std::vector<std::uint32_t> fsync_samples;  // ring of append-to-durable times, us
@@ -892,7 +894,7 @@ struct queue_device::impl {
       if (q == nullptr) continue;
       if (std::find(c.queues.begin(), c.queues.end(), q) != c.queues.end()) continue;
       c.queues.push_back(q);
-      q->consumers.push_back(peer);
+      q->consumers.push_back(&c);
     }
     if (c.queues.empty()) {
       consumers.erase(it);
@@ -979,7 +981,7 @@ struct queue_device::impl {
     if (it == consumers.end()) return;
     for (queue* q : it->second.queues) {
       auto& v = q->consumers;
-      v.erase(std::remove(v.begin(), v.end(), peer), v.end());
+      v.erase(std::remove(v.begin(), v.end(), &it->second), v.end());
     }
     consumers.erase(it);
     std::vector<std::uint64_t> tags;
@@ -1315,13 +1317,12 @@ struct queue_device::impl {
   consumer_state* next_consumer(queue& q) {
     const std::size_t n = q.consumers.size();
     for (std::size_t i = 0; i < n; ++i) {
-      const std::string& id = q.consumers[(q.next_consumer + i) % n];
-      auto it = consumers.find(id);
+      consumer_state* c = q.consumers[(q.next_consumer + i) % n];
       // Credit in messages, and in bytes (but one delivery always goes).
-      if (it != consumers.end() && it->second.in_flight < it->second.prefetch &&
-          (it->second.in_flight == 0 || it->second.in_flight_bytes < config.max_prefetch_bytes)) {
+      if (c->in_flight < c->prefetch &&
+          (c->in_flight == 0 || c->in_flight_bytes < config.max_prefetch_bytes)) {
         q.next_consumer = (q.next_consumer + i + 1) % n;
-        return &it->second;
+        return c;
       }
     }
     return nullptr;
