@@ -123,14 +123,11 @@ void choose_placement(bool pin) {
   if (cpus.size() < 2) return;
   // Two CPUs on different cores where there are: hardware threads of one
   // core would share its execution units.
+  const int first_core = core_of(cpus[0]);
+  const auto other = std::find_if(cpus.begin() + 1, cpus.end(),
+                                  [&](int c) { return first_core < 0 || core_of(c) != first_core; });
   where.send_cpu = cpus[0];
-  where.receive_cpu = cpus[1];
-  for (std::size_t i = 1; i < cpus.size(); ++i) {
-    if (core_of(cpus[i]) != core_of(cpus[0]) || core_of(cpus[0]) < 0) {
-      where.receive_cpu = cpus[i];
-      break;
-    }
-  }
+  where.receive_cpu = other != cpus.end() ? *other : cpus[1];
 }
 
 std::string endpoint_for(const std::string& transport) {

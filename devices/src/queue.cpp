@@ -518,12 +518,17 @@ struct queue_device::impl {
 
   // Adds `id` to the window; returns its entry when it was already there
   // (never for the nil id, which the table refuses). An id remembered as
-  // not durable yet is also in `writing` until its append completes.
+  // not durable yet is also in `writing` until its append completes (then
+  // its slot learns it is durable when a resend looks) or fails (forget).
   dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
     if (config.dedup_window.count() == 0) return nullptr;
     const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
     auto [slot, fresh] = dedup.insert(id, expires, durable);
-    if (!fresh) return slot;
+    if (!fresh) {
+      if (slot != nullptr && !slot->durable() && writing.find(id) == nullptr) slot->set_durable();
+      return slot;
+    }
+    if (!durable) (void)writing.insert(id, 0, false);
     dedup_order.emplace_back(expires, id);
     while (dedup.size() > config.dedup_max_ids && !dedup_order.empty()) {
       const auto [when, old] = dedup_order.front();
@@ -535,6 +540,12 @@ struct queue_device::impl {
       }
     }
     return nullptr;
+  }
+
+  // An append of `id` failed: a resend must be taken.
+  void forget(const message_id& id) noexcept {
+    dedup.erase(id);
+    writing.erase(id);
   }
 
   void expire_dedup(std::uint64_t now_ms) {
@@ -662,11 +673,10 @@ struct queue_device::impl {
         if (!o.error) {
           ++q.st.enqueued;
           sample_fsync(q, t.appended);
-          writing.erase(t.id);  // durable now: its slot in `dedup` learns it lazily
+          writing.erase(t.id);  // durable now (see remember)
           if (t.kind == ticket_kind::publish) confirms[t.peer].push_back(t.seq);
         } else {
-          dedup.erase(t.id);
-          writing.erase(t.id);
+          forget(t.id);
           ++q.st.refused;
           log.fault("append", "queue " + q.name + ": append failed: " + o.error.message());
           if (t.kind == ticket_kind::publish) {
@@ -824,12 +834,9 @@ struct queue_device::impl {
     if (dedup_entry* d = remember(key, now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
-      if (!d->durable() && writing.find(key) == nullptr) d->set_durable();
       if (d->durable() && kind == ticket_kind::publish) confirms[peer].push_back(seq);
       return;
     }
-    const bool deduplicated = config.dedup_window.count() > 0;
-    if (deduplicated) (void)writing.insert(key, 0, false);
     record_fields f;
     f.enqueued_us = now;
     f.not_before_us = delay_ms > 0 ? now + delay_ms * 1000 : 0;
@@ -841,8 +848,7 @@ struct queue_device::impl {
     std::string why;
     ticket t{kind, q, peer, seq, key, {}, {}, 0, {}};  // its id: the window's key
     if (!append(*q->messages, q->messages_done, record_buf, std::move(t), &why)) {
-      dedup.erase(key);  // not enqueued: a resend must be taken
-      if (deduplicated) writing.erase(key);
+      forget(key);  // not enqueued
       ++q->st.refused;
       if (kind == ticket_kind::publish) refuse(peer, seq, why);
       log.fault("append", "queue " + q->name + ": " + why);
