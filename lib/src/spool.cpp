@@ -701,7 +701,10 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     written = j;
   }
   ++batches_;
-  if (written > 0 && (opts_.fsync == fsync_policy::always || force_sync)) {
+  // Under `always` a batch of done records alone is not synced: a done mark
+  // is a hint (docs/spool-format.md), and the next append's sync covers it.
+  const bool appended = std::min(written, first_mark_entry) > 0;
+  if (written > 0 && ((opts_.fsync == fsync_policy::always && appended) || force_sync)) {
     if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
     ++fsyncs_;
     dirty_ = false;

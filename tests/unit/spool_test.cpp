@@ -60,6 +60,11 @@ int faulty_fdatasync(int fd) {
   }
   return ::fdatasync(fd);
 }
+std::atomic<int> syncs_seen{0};
+int counting_fdatasync(int fd) {
+  ++syncs_seen;
+  return ::fdatasync(fd);
+}
 
 }  // namespace
 
@@ -211,6 +216,32 @@ TEST_CASE("spool: done marks survive reopen, and only_pending cursors skip done 
   REQUIRE(pending.size() == 6);
   CHECK(pending.front().second == payload(1));
   CHECK(read_all(s).size() == 10);  // done records are still readable until deleted
+}
+
+TEST_CASE("spool: under always, a batch of done records alone is written but not synced; "
+          "the next append's sync covers it",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &counting_fdatasync;
+  const auto segment = dir.path() / "00000001.log";
+  position first;
+  {
+    postbox::spool s(dir.path());
+    first = s.append_and_wait("first").pos;
+    const auto size = std::filesystem::file_size(segment);
+    const int syncs = syncs_seen.load();
+    REQUIRE(s.mark_done(first) == postbox::done_status::ok);
+    // The done record reaches the file in a batch of its own...
+    REQUIRE(postbox::test::wait_until([&] { return std::filesystem::file_size(segment) > size; }));
+    // ...and the next append is durable after one more fdatasync, not two.
+    REQUIRE(!s.append_and_wait("second").error);
+    CHECK(syncs_seen.load() == syncs + 1);
+    CHECK(s.stats().pending == 1);
+  }
+  postbox::spool s(dir.path());
+  CHECK(s.is_done(first));
+  CHECK(s.recovery().pending == 1);
 }
 
 TEST_CASE("spool: a segment whose records are all done is deleted; the active one is kept",
