@@ -442,9 +442,16 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
                        [&on_confirm, t](const postbox::confirm& c) { on_confirm(c, t); });
           if (paced && (i & 63) == 0) (void)p.poll(milliseconds(0));
         }
-        if (paced) {
+        if (paced && i < last) {
+          // Until the next message is due: waiting on confirms when that is
+          // a millisecond or more away (a slow rate), else a 100 us nap.
           (void)p.poll(milliseconds(0));
-          std::this_thread::sleep_for(std::chrono::microseconds(100));
+          const auto due_ns = start_ns + static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / rate);
+          const std::int64_t wait_ns = due_ns - now_ns();
+          if (wait_ns >= 1'000'000)
+            (void)p.poll(milliseconds(wait_ns / 1'000'000));
+          else
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
         }
       }
       std::int64_t t = now_ns();
