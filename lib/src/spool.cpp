@@ -562,7 +562,8 @@ void spool_writer::run() {
     }
     marks.swap(marks_);
     const std::uint64_t flush_target = flush_req_;
-    const bool force_sync = flush_target != flush_done_;
+    // Closing syncs whatever is written, done records included.
+    const bool force_sync = flush_target != flush_done_ || stopping;
     bool want_reclaim = reclaim_req_;
     reclaim_req_ = false;
     space_cv_.notify_all();
