@@ -1538,7 +1538,11 @@ struct queue_device::impl {
       if (words.size() == 3) {
         char* end = nullptr;
         const unsigned long long n = std::strtoull(words[2].c_str(), &end, 10);
-        if (end == words[2].c_str() || *end != '\0' || n == 0) return error("count must be a positive number");
+        // strtoull reads "-5" as a huge number: only digits are a count.
+        if (words[2].find_first_not_of("0123456789") != std::string::npos || end == words[2].c_str() ||
+            *end != '\0' || n == 0) {
+          return error("count must be a positive number");
+        }
         limit = static_cast<std::size_t>(n);
       }
       limit = std::min<std::size_t>(limit, words[0] == "list" ? 1000 : max_redrive_per_request);

@@ -1028,7 +1028,8 @@ TEST_CASE("queue: hostile peers on the clients, plain and control sockets are re
       return *a;
     };
     for (const char* request : {"bogus", "", "list", "list nosuchqueue", "list jobs 0",
-                                "list jobs x", "redrive", "stats now", "ping ping"}) {
+                                "list jobs x", "list jobs -1", "redrive jobs -5", "redrive jobs +5",
+                                "redrive", "stats now", "ping ping"}) {
       INFO("request \"" << request << "\"");
       CHECK_THAT(answer_of(request), StartsWith("{\"error\":"));
       expect("control_rejected", control_rejected);
