@@ -7,10 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <boost/program_options.hpp>
 
@@ -33,7 +35,7 @@ inline void refuse_signed_unsigned(const boost::program_options::parsed_options&
     for (const auto& v : o.value) {
       const auto first = v.find_first_not_of(" \t");
       if (first != std::string::npos && (v[first] == '-' || v[first] == '+')) {
-        throw config_error("--" + o.string_key + " takes a whole number of at least 0, got \"" + v + "\"");
+        throw config_error("--" + o.string_key + " takes a whole number, got \"" + v + "\"");
       }
     }
   }
@@ -46,11 +48,26 @@ inline boost::program_options::variables_map parse_command_line(
   namespace po = boost::program_options;
   po::variables_map vm;
   try {
-    const auto from_argv = po::parse_command_line(argc, argv, desc);
+    // Words that belong to no option are collected, to be named in the
+    // error (Program_options would call each an ambiguous option).
+    po::options_description all;
+    all.add(desc).add_options()("unexpected-argument", po::value<std::vector<std::string>>());
+    po::positional_options_description positional;
+    positional.add("unexpected-argument", -1);
+    const auto from_argv = po::command_line_parser(argc, argv).options(all).positional(positional).run();
     refuse_signed_unsigned(from_argv, desc);
     po::store(from_argv, vm);
+    if (vm.count("unexpected-argument")) {
+      throw config_error("unexpected argument \"" +
+                         vm["unexpected-argument"].as<std::vector<std::string>>().front() +
+                         "\" (options start with --)");
+    }
     if (vm.count("config")) {
       const auto path = vm["config"].as<std::string>();
+      std::error_code ec;
+      if (std::filesystem::is_directory(path, ec)) {
+        throw config_error("cannot read config file \"" + path + "\": it is a directory");
+      }
       std::ifstream file(path);
       if (!file) {
         throw config_error("cannot read config file \"" + path + "\": " + std::strerror(errno));

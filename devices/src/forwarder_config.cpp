@@ -103,8 +103,8 @@ forwarder_command load_forwarder_config(int argc, const char* const* argv) {
     throw config_error("--max-message-size must be positive, got " +
                        std::to_string(c.max_message_size));
   }
-  if (interval < 0) {
-    throw config_error("--stats-interval must be >= 0, got " + std::to_string(interval));
+  if (interval < 0 || interval > 86'400) {
+    throw config_error("--stats-interval must be 0 .. 86400 seconds, got " + std::to_string(interval));
   }
   c.stats_interval = std::chrono::seconds(interval);
   if (c.last_value_cache && c.mode != forwarder_mode::pubsub) {

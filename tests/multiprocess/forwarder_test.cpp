@@ -307,7 +307,9 @@ TEST_CASE("forwarder: a bad option, endpoint, busy address or unreadable config 
       {{"--config", unreadable}, "cannot read config file \"" + unreadable + "\""},
       {{"--mode", "fanout"}, "--mode \"fanout\": use pubsub or pipeline"},
       {{"--log-level", "loud"}, "log level \"loud\""},
-      {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes a whole number of at least 0, got \"-3\""},
+      {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes a whole number, got \"-3\""},
+      {{"--strict", "1"}, "unexpected argument \"1\""},
+      {{"--config", dir.path().string()}, "it is a directory"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;
