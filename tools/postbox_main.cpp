@@ -5,9 +5,13 @@
 //   postbox sub ENDPOINT [FILTER...]        print "topic<TAB>payload" lines
 //   postbox send ENDPOINT TOPIC [TEXT...]   point-to-point, as pub
 //   postbox recv ENDPOINT                   point-to-point, as sub
-//   postbox ask ENDPOINT COMMAND            a control request (ping, stats)
+//   postbox consume ENDPOINT QUEUE...       take from a postbox-queue, acking each
+//   postbox ask ENDPOINT COMMAND...         a control request (ping, stats, ...)
 #include <postbox/postbox.hpp>
+#include <postbox/queue_client.hpp>
 
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -25,13 +29,24 @@ constexpr const char* usage =
     "                                  prefix (none: everything)\n"
     "  send ENDPOINT TOPIC [TEXT...]   as pub, point-to-point (each to one receiver)\n"
     "  recv ENDPOINT                   as sub, point-to-point\n"
-    "  ask  ENDPOINT COMMAND           send a control request (ping, stats) to a\n"
-    "                                  device and print the answer\n"
+    "  consume ENDPOINT QUEUE...       take messages from queues of a postbox-queue\n"
+    "                                  (its clients endpoint), print each as sub\n"
+    "                                  does, then ack it\n"
+    "  ask  ENDPOINT COMMAND...        send a control request to a device (both:\n"
+    "                                  ping, stats; postbox-queue also list QUEUE\n"
+    "                                  [N], redrive QUEUE [N]) and print the answer\n"
     "\n"
-    "Endpoints: '@' binds, '>' connects; pub/send/sub/recv/ask connect by default.\n"
-    "pub waits up to 5 s for a subscriber before it publishes; sub and recv run\n"
-    "until interrupted (--count N stops after N messages).\n"
-    "Exit codes: 0 done, 1 failure (e.g. no answer), 2 usage error.\n";
+    "Endpoints: '@' binds, '>' connects; every command connects by default.\n"
+    "pub waits up to 5 s for a subscriber before it publishes; sub, recv and\n"
+    "consume run until interrupted (--count N stops after N messages).\n"
+    "recv on a postbox-queue's plain endpoint (--plain-out) loses what the\n"
+    "device has already pushed to it but it has not printed when it exits;\n"
+    "consume hands such messages back to the queue.\n"
+    "Exit codes: 0 done, 1 failure (no answer, or the device answered with an\n"
+    "error), 2 usage error.\n";
+
+volatile std::sig_atomic_t interrupted = 0;
+extern "C" void on_signal(int) { interrupted = 1; }
 
 using namespace std::chrono_literals;
 
@@ -52,12 +67,14 @@ void print(const postbox::message& m) {
 
 int run(int argc, char** argv) {
   std::vector<char*> args(argv, argv + argc);
-  long count = -1;
-  for (std::size_t i = 1; i + 1 < args.size(); ++i) {
+  long long count = -1;
+  for (std::size_t i = 1; i < args.size(); ++i) {
     if (std::strcmp(args[i], "--count") == 0) {
+      if (i + 1 == args.size()) throw postbox::config_error("--count needs a number");
       char* end = nullptr;
-      count = std::strtol(args[i + 1], &end, 10);
-      if (count <= 0 || end == args[i + 1] || *end != '\0') {
+      errno = 0;
+      count = std::strtoll(args[i + 1], &end, 10);
+      if (count <= 0 || errno == ERANGE || end == args[i + 1] || *end != '\0') {
         throw postbox::config_error("--count must be a positive number, got \"" + std::string(args[i + 1]) + "\"");
       }
       args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
@@ -70,6 +87,11 @@ int run(int argc, char** argv) {
     std::fputs(usage, stdout);
     return 0;
   }
+  if (argc >= 2 && std::strcmp(argv[1], "--version") == 0) {
+    std::printf("postbox %s\n", POSTBOX_VERSION);
+    return 0;
+  }
+  if (argc >= 2 && argv[1][0] == '-') throw postbox::config_error("unknown option \"" + std::string(argv[1]) + "\"");
   if (argc < 3) throw postbox::config_error("missing command or endpoint");
   const std::string cmd = argv[1];
   // Every command connects unless told to bind: the tool visits services.
@@ -114,7 +136,7 @@ int run(int argc, char** argv) {
                    static_cast<int>(g.topic.size()), g.topic.data(),
                    static_cast<unsigned long long>(g.missed()));
     });
-    for (long n = 0; count < 0 || n < count; ++n) {
+    for (long long n = 0; count < 0 || n < count; ++n) {
       auto m = sub.receive();
       if (!m) break;  // interrupted
       print(*m);
@@ -123,28 +145,51 @@ int run(int argc, char** argv) {
   }
   if (cmd == "recv") {
     postbox::receiver rx(ctx, endpoint);
-    for (long n = 0; count < 0 || n < count; ++n) {
+    for (long long n = 0; count < 0 || n < count; ++n) {
       auto m = rx.receive();
       if (!m) break;
       print(*m);
     }
     return 0;
   }
+  if (cmd == "consume") {
+    if (argc < 4) throw postbox::config_error("consume: missing QUEUE");
+    postbox::consumer_options o;
+    // Never hold more than will be printed: the rest stays queued.
+    if (count > 0 && count < o.prefetch) o.prefetch = static_cast<std::uint32_t>(count);
+    postbox::consumer c(ctx, endpoint, std::vector<std::string>(argv + 3, argv + argc), o);
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    for (long long n = 0; (count < 0 || n < count) && !interrupted;) {
+      auto d = c.receive(100ms);
+      if (!d) continue;
+      print(d->msg);
+      c.ack(*d);
+      ++n;
+    }
+    return 0;  // the consumer's goodbye hands back what it still holds
+  }
   if (cmd == "ask") {
     if (argc < 4) throw postbox::config_error("ask: missing COMMAND");
+    if (argv[2][0] == '@') throw postbox::config_error("ask connects to a device; drop the '@'");
     const auto ep = postbox::parse_endpoint(endpoint, postbox::endpoint_mode::connect);
+    std::string request = argv[3];  // "list jobs" quoted or not
+    for (int i = 4; i < argc; ++i) request.append(" ").append(argv[i]);
     zmq::socket_t req(ctx.native(), zmq::socket_type::req);
     req.set(zmq::sockopt::linger, 0);
     req.set(zmq::sockopt::rcvtimeo, 5000);
     req.connect(ep.address);
-    req.send(zmq::buffer(std::string(argv[3])), zmq::send_flags::none);
+    req.send(zmq::buffer(request), zmq::send_flags::none);
     zmq::message_t answer;
     if (!req.recv(answer)) {
       std::fprintf(stderr, "postbox: no answer from %s within 5 s\n", ep.address.c_str());
       return 1;
     }
-    std::printf("%s\n", answer.to_string().c_str());
-    return 0;
+    const std::string text = answer.to_string();
+    std::printf("%s\n", text.c_str());
+    // postbox-queue answers errors as {"error":...}, postbox-forwarder as "error: ...".
+    const bool refused = text.starts_with("{\"error\"") || text.starts_with("error");
+    return refused ? 1 : 0;
   }
   throw postbox::config_error("unknown command \"" + cmd + "\"");
 }
