@@ -23,10 +23,13 @@ postbox_install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# postbox_build DIR [cmake args...]: configure (once) and build with 2 jobs.
+# postbox_build DIR [cmake args...]: configure (once) and build with 2 jobs;
+# only the targets in POSTBOX_TARGETS when it is set (default: everything).
 postbox_build() {
   local dir=$1
   shift
   cmake -S "$POSTBOX_ROOT" -B "$dir" "$@" >/dev/null
-  cmake --build "$dir" -j "${POSTBOX_JOBS:-2}"
+  local targets=()
+  [ -n "${POSTBOX_TARGETS:-}" ] && read -r -a targets <<<"--target $POSTBOX_TARGETS"
+  cmake --build "$dir" -j "${POSTBOX_JOBS:-2}" "${targets[@]}"
 }
