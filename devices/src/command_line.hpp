@@ -3,6 +3,7 @@
 // devices/.
 #pragma once
 
+#include <postbox/endpoint.hpp>
 #include <postbox/error.hpp>
 
 #include <cerrno>
@@ -37,6 +38,23 @@ inline void refuse_signed_unsigned(const boost::program_options::parsed_options&
       if (first != std::string::npos && (v[first] == '-' || v[first] == '+')) {
         throw config_error("--" + o.string_key + " takes a whole number, got \"" + v + "\"");
       }
+    }
+  }
+}
+
+/// Checks an endpoint option of a daemon: one line naming the option when it
+/// does not parse, and inproc:// refused (it reaches only this process).
+inline void check_endpoints(const char* option, const std::string& value) {
+  std::vector<endpoint> parsed;
+  try {
+    parsed = parse_endpoints(value, endpoint_mode::bind);
+  } catch (const config_error& e) {
+    throw config_error(std::string("--") + option + ": " + e.what());
+  }
+  for (const auto& ep : parsed) {
+    if (ep.transport == transport::inproc) {
+      throw config_error(std::string("--") + option + ": " + ep.address +
+                         " reaches only this process; a daemon's endpoints are tcp:// or ipc://");
     }
   }
 }

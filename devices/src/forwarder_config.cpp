@@ -88,17 +88,10 @@ forwarder_command load_forwarder_config(int argc, const char* const* argv) {
   c.log = parse_log_level(vm["log-level"].as<std::string>());
 
   // Each endpoint is checked now, so a typo is a one-line error naming it.
-  auto check = [](const char* option, const std::string& value) {
-    try {
-      (void)parse_endpoints(value, endpoint_mode::bind);
-    } catch (const config_error& e) {
-      throw config_error(std::string("--") + option + ": " + e.what());
-    }
-  };
-  check("frontend", c.frontend);
-  check("backend", c.backend);
-  if (!c.control.empty()) check("control", c.control);
-  if (!c.tap.empty()) check("tap", c.tap);
+  cli::check_endpoints("frontend", c.frontend);
+  cli::check_endpoints("backend", c.backend);
+  if (!c.control.empty()) cli::check_endpoints("control", c.control);
+  if (!c.tap.empty()) cli::check_endpoints("tap", c.tap);
   if (c.max_message_size < 1) {
     throw config_error("--max-message-size must be positive, got " +
                        std::to_string(c.max_message_size));

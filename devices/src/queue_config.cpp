@@ -97,11 +97,7 @@ queue_command load_queue_config(int argc, const char* const* argv) {
   auto endpoint = [&vm](const char* name, bool optional) {
     std::string v = vm[name].as<std::string>();
     if (optional && v == "none") return std::string();
-    try {
-      (void)parse_endpoints(v, endpoint_mode::bind);
-    } catch (const config_error& e) {
-      throw config_error(std::string("--") + name + ": " + e.what());
-    }
+    cli::check_endpoints(name, v);
     return v;
   };
   c.clients = endpoint("clients", false);

@@ -309,6 +309,7 @@ TEST_CASE("forwarder: a bad option, endpoint, busy address or unreadable config 
       {{"--log-level", "loud"}, "log level \"loud\""},
       {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes a whole number, got \"-3\""},
       {{"--strict", "1"}, "unexpected argument \"1\""},
+      {{"--backend", "inproc://b"}, "--backend: inproc://b reaches only this process"},
       {{"--config", dir.path().string()}, "it is a directory"},
   };
   for (const auto& c : cases) {

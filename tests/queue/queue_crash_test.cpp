@@ -774,6 +774,7 @@ TEST_CASE("queue crash: a bad configuration prints one line on stderr and exits 
       {{"--buffer-messages", "-5"}, "--buffer-messages"},
       {{"stray-word"}, "unexpected argument \"stray-word\""},
       {{"--config", "."}, "it is a directory"},
+      {{"--clients", "@inproc://jobs"}, "--clients: inproc://jobs reaches only this process"},
   }));
   std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
                                    postbox::test::queue_path(), "--data-dir", data};
