@@ -1574,11 +1574,15 @@ struct queue_device::impl {
       message m;
       if (decode(&frame, 1, m)) continue;
       auto h = [&m](const char* name) { return json_escape(m.header_value(name).value_or("")); };
+      // A count, as in stats; null if the header is not one (it always is when the device wrote it).
+      const std::string attempts(m.header_value("x-attempts").value_or(""));
+      const bool counted = !attempts.empty() && attempts.size() <= 10 &&
+                           attempts.find_first_not_of("0123456789") == std::string::npos;
       outj += std::string(n++ ? "," : "") + "{\"position\":\"" + r.pos.to_string() +
               "\",\"id\":\"" + m.id().to_hex() + "\",\"topic\":\"" + json_escape(m.topic()) +
               "\",\"key\":" + (m.key() ? "\"" + json_escape(*m.key()) + "\"" : std::string("null")) +
-              ",\"reason\":\"" + h("x-dead-letter-reason") + "\",\"attempts\":\"" +
-              h("x-attempts") + "\",\"last_error\":\"" + h("x-last-error") +
+              ",\"reason\":\"" + h("x-dead-letter-reason") + "\",\"attempts\":" +
+              (counted ? attempts : std::string("null")) + ",\"last_error\":\"" + h("x-last-error") +
               "\",\"payload_bytes\":" + std::to_string(m.payload().size()) + "}";
     }
     return outj + "]}";
