@@ -86,11 +86,26 @@ inline boost::program_options::variables_map parse_command_line(
       if (std::filesystem::is_directory(path, ec)) {
         throw config_error("cannot read config file \"" + path + "\": it is a directory");
       }
-      std::ifstream file(path);
+      std::ifstream file(path, std::ios::binary);
       if (!file) {
         throw config_error("cannot read config file \"" + path + "\": " + std::strerror(errno));
       }
-      const auto from_file = po::parse_config_file(file, desc);
+      std::ostringstream text;
+      text << file.rdbuf();
+      // Program_options would quote such a line in its error, and a NUL in
+      // it would cut the message short: name the line instead.
+      const std::string content = text.str();
+      std::size_t line = 1;
+      for (const char ch : content) {
+        if (ch == '\n') {
+          ++line;
+        } else if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t' && ch != '\r') {
+          throw config_error("config file \"" + path + "\": line " + std::to_string(line) +
+                             " holds a control character; it is not a text file of key = value lines");
+        }
+      }
+      std::istringstream in(content);
+      const auto from_file = po::parse_config_file(in, desc);
       refuse_signed_unsigned(from_file, desc);
       po::store(from_file, vm);
     }

@@ -293,6 +293,11 @@ TEST_CASE("forwarder: a bad option, endpoint, busy address or unreadable config 
   postbox::receiver squatter(ctx, "@tcp://127.0.0.1:*");
   const auto busy = squatter.endpoints().front();
   const auto unreadable = (dir.path() / "missing.conf").string();
+  const auto binary = (dir.path() / "binary.conf").string();
+  {
+    std::ofstream f(binary, std::ios::binary);
+    f << "frontend = @tcp://127.0.0.1:*\nstats" << '\0' << "-interval = 5\n";
+  }
 
   struct bad_case {
     std::vector<std::string> args;
@@ -310,6 +315,7 @@ TEST_CASE("forwarder: a bad option, endpoint, busy address or unreadable config 
       {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes a whole number, got \"-3\""},
       {{"--strict", "1"}, "unexpected argument \"1\""},
       {{"--backend", "inproc://b"}, "--backend: inproc://b reaches only this process"},
+      {{"--config", binary}, "line 2 holds a control character"},
       {{"--config", dir.path().string()}, "it is a directory"},
   };
   for (const auto& c : cases) {
