@@ -94,6 +94,8 @@ int run(int argc, char** argv) {
   if (argc >= 2 && argv[1][0] == '-') throw postbox::config_error("unknown option \"" + std::string(argv[1]) + "\"");
   if (argc < 3) throw postbox::config_error("missing command or endpoint");
   const std::string cmd = argv[1];
+  // Checked as typed, so that an error quotes the user's text.
+  (void)postbox::parse_endpoints(argv[2], postbox::endpoint_mode::connect);
   // Every command connects unless told to bind: the tool visits services.
   const std::string endpoint =
       argv[2][0] == '@' || argv[2][0] == '>' ? std::string(argv[2]) : ">" + std::string(argv[2]);

@@ -39,6 +39,7 @@ TEST_CASE("cli: a usage error is one line naming the problem, and exit 2", "[mul
       {{"sub", ">tcp://127.0.0.1:5555", "--count", "0"}, "--count must be a positive number"},
       {{"sub", ">tcp://127.0.0.1:5555", "--count", "5x"}, "--count must be a positive number, got \"5x\""},
       {{"send", ">tcp://127.0.0.1", "topic", "text"}, "tcp://127.0.0.1"},
+      {{"send", "tcp://nohost", "topic", "text"}, "endpoint \"tcp://nohost\": missing \":port\""},
       {{"send", ">tcp://127.0.0.1:5555"}, "missing TOPIC"},
       {{"sub", ">tcp://127.0.0.1:5555", "--count"}, "--count needs a number"},
       {{"sub", ">tcp://127.0.0.1:5555", "--count", "99999999999999999999"}, "99999999999999999999"},
