@@ -230,6 +230,8 @@ class spool_writer {
   std::uint32_t head_ = 0;       // writer thread only
   std::uint64_t head_end_ = 0;   // writer thread only
   bool dirty_ = false;           // written since the last fdatasync (writer thread only)
+  // Under `always`, when done records written alone get synced at the latest.
+  std::chrono::steady_clock::time_point lone_marks_due_{};
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
   std::vector<flat_entry> flat_;       // a batch's entries in write order (writer thread only)
@@ -546,6 +548,7 @@ void spool_writer::run() {
     if (!ready()) {
       auto deadline = steady::time_point::max();
       if (opts_.fsync == fsync_policy::interval && dirty_) deadline = next_sync;
+      if (opts_.fsync == fsync_policy::always && dirty_) deadline = lone_marks_due_;
       if (tick.count() > 0) deadline = std::min(deadline, next_tick);
       if (deadline == steady::time_point::max())
         writer_cv_.wait(lk, ready);
@@ -582,6 +585,11 @@ void spool_writer::run() {
         dirty_ = false;
       }
       next_sync = now + interval;
+    }
+    if (opts_.fsync == fsync_policy::always && dirty_ && now >= lone_marks_due_ && !faulted_.load()) {
+      if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
+      ++fsyncs_;
+      dirty_ = false;
     }
     if (tick.count() > 0 && now >= next_tick) {
       want_reclaim = true;
@@ -658,6 +666,7 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
   }
   const std::size_t first_mark_entry = batch.size() - mentries.size();
 
+  const bool was_dirty = dirty_;
   std::size_t written = 0;  // entries [0, written) are in the file
   std::error_code werr;
   bool rolled = false;
@@ -704,6 +713,8 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
   ++batches_;
   // Under `always` a batch of done records alone is not synced: a done mark
   // is a hint (docs/spool-format.md), and the next append's sync covers it.
+  // They are synced within fsync_interval all the same, so that acks on an
+  // idle spool do not wait in the page cache for the next append.
   const bool appended = std::min(written, first_mark_entry) > 0;
   if (written > 0 && ((opts_.fsync == fsync_policy::always && appended) || force_sync)) {
     if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
@@ -713,6 +724,8 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
     ++fsyncs_;
     dirty_ = false;
+  } else if (dirty_ && !was_dirty && opts_.fsync == fsync_policy::always) {
+    lone_marks_due_ = steady::now() + opts_.fsync_interval;
   }
   if (faulted_.load()) {
     // Nothing covered by a failed fdatasync is ever reported durable.

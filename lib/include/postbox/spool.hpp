@@ -27,7 +27,9 @@ struct spool_options {
   /// (1 KiB .. 1 GiB). Records larger than segment_size - 33 are refused.
   std::uint32_t segment_size = 64u * 1024 * 1024;
   fsync_policy fsync = fsync_policy::always;
-  std::chrono::milliseconds fsync_interval{100};  ///< for fsync_policy::interval; > 0
+  /// interval: how often the writer syncs (> 0). always: how long a batch
+  /// of done records alone (no append to sync it with) waits for its sync.
+  std::chrono::milliseconds fsync_interval{100};
   /// Fully-done segments are kept this long after their last append (0: no time retention).
   std::chrono::milliseconds retention_time{0};
   /// Fully-done segments are deleted, oldest first, while the spool is larger (0: none).
@@ -178,7 +180,8 @@ class spool {
   [[nodiscard]] append_outcome append_and_wait(std::string_view payload);
 
   /// Marks the data record at `p` done. In memory at once; written in the
-  /// next batch (a crash before that makes it pending again). Segments whose
+  /// next batch and synced with the next append, flush or close, or after
+  /// fsync_interval (a crash or power loss before that makes it pending again). Segments whose
   /// records are all done are deleted as retention allows. Never throws.
   [[nodiscard]] done_status mark_done(position p);
   /// Whether the data record at `p` is done (false for unknown positions).
