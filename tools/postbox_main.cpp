@@ -157,7 +157,8 @@ int run(int argc, char** argv) {
   if (cmd == "consume") {
     if (argc < 4) throw postbox::config_error("consume: missing QUEUE");
     postbox::consumer_options o;
-    // Never hold more than will be printed: the rest stays queued.
+    // Hold about as many as will be printed (acks refill the credit, so a
+    // few more may arrive): what is not printed goes back at goodbye.
     if (count > 0 && count < o.prefetch) o.prefetch = static_cast<std::uint32_t>(count);
     postbox::consumer c(ctx, endpoint, std::vector<std::string>(argv + 3, argv + argc), o);
     std::signal(SIGINT, on_signal);

@@ -36,7 +36,7 @@ inline void refuse_signed_unsigned(const boost::program_options::parsed_options&
     for (const auto& v : o.value) {
       const auto first = v.find_first_not_of(" \t");
       if (first != std::string::npos && (v[first] == '-' || v[first] == '+')) {
-        throw config_error("--" + o.string_key + " takes a whole number, got \"" + v + "\"");
+        throw config_error("--" + o.string_key + " takes digits only (no sign), got \"" + v + "\"");
       }
     }
   }

@@ -14,6 +14,7 @@
 #include "dedup_table.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -1574,15 +1575,20 @@ struct queue_device::impl {
       message m;
       if (decode(&frame, 1, m)) continue;
       auto h = [&m](const char* name) { return json_escape(m.header_value(name).value_or("")); };
-      // A count, as in stats; null if the header is not one (it always is when the device wrote it).
-      const std::string attempts(m.header_value("x-attempts").value_or(""));
-      const bool counted = !attempts.empty() && attempts.size() <= 10 &&
-                           attempts.find_first_not_of("0123456789") == std::string::npos;
+      // A count, as in stats; null if the header is not one (it always is
+      // when the device wrote it, but a message too large for the headers
+      // keeps the producer's).
+      const std::string_view attempts_text = m.header_value("x-attempts").value_or("");
+      std::uint64_t attempts = 0;
+      const auto [parsed_to, parse_error] =
+          std::from_chars(attempts_text.data(), attempts_text.data() + attempts_text.size(), attempts);
+      const bool counted = !attempts_text.empty() && parse_error == std::errc() &&
+                           parsed_to == attempts_text.data() + attempts_text.size();
       outj += std::string(n++ ? "," : "") + "{\"position\":\"" + r.pos.to_string() +
               "\",\"id\":\"" + m.id().to_hex() + "\",\"topic\":\"" + json_escape(m.topic()) +
               "\",\"key\":" + (m.key() ? "\"" + json_escape(*m.key()) + "\"" : std::string("null")) +
               ",\"reason\":\"" + h("x-dead-letter-reason") + "\",\"attempts\":" +
-              (counted ? attempts : std::string("null")) + ",\"last_error\":\"" + h("x-last-error") +
+              (counted ? std::to_string(attempts) : std::string("null")) + ",\"last_error\":\"" + h("x-last-error") +
               "\",\"payload_bytes\":" + std::to_string(m.payload().size()) + "}";
     }
     return outj + "]}";

@@ -23,6 +23,8 @@ std::pair<std::vector<std::string>, int> run_cli(std::vector<std::string> args) 
   std::vector<std::string> lines;
   std::string line;
   while (p.read_line(line, 10s)) lines.push_back(line);
+  // Silent for 10 s: stuck (a consume that never gets its messages); end it.
+  if (p.wait(5s) == -1) p.kill(SIGKILL);
   return {lines, p.wait()};
 }
 

@@ -312,7 +312,7 @@ TEST_CASE("forwarder: a bad option, endpoint, busy address or unreadable config 
       {{"--config", unreadable}, "cannot read config file \"" + unreadable + "\""},
       {{"--mode", "fanout"}, "--mode \"fanout\": use pubsub or pipeline"},
       {{"--log-level", "loud"}, "log level \"loud\""},
-      {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes a whole number, got \"-3\""},
+      {{"--lvc-max-topics", "-3"}, "--lvc-max-topics takes digits only (no sign), got \"-3\""},
       {{"--strict", "1"}, "unexpected argument \"1\""},
       {{"--backend", "inproc://b"}, "--backend: inproc://b reaches only this process"},
       {{"--config", binary}, "line 2 holds a control character"},

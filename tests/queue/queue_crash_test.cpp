@@ -770,7 +770,7 @@ TEST_CASE("queue crash: a bad configuration prints one line on stderr and exits 
       {{"--no-such-option", "1"}, "no-such-option"},
       {{"--visibility-timeout", "soon"}, "soon"},
       {{"--max-attempts", "many"}, "max-attempts"},
-      {{"--max-prefetch-bytes", "-1"}, "--max-prefetch-bytes takes a whole number, got \"-1\""},
+      {{"--max-prefetch-bytes", "-1"}, "--max-prefetch-bytes takes digits only (no sign), got \"-1\""},
       {{"--buffer-messages", "-5"}, "--buffer-messages"},
       {{"stray-word"}, "unexpected argument \"stray-word\""},
       {{"--config", "."}, "it is a directory"},
