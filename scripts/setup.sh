@@ -23,13 +23,19 @@ postbox_install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# postbox_build DIR [cmake args...]: configure (once) and build with 2 jobs;
-# only the targets in POSTBOX_TARGETS when it is set (default: everything).
+# postbox_build DIR [cmake args...]: configure (once) and build everything
+# with 2 jobs.
 postbox_build() {
-  local dir=$1
-  shift
+  postbox_build_targets "$1" "" "${@:2}"
+}
+
+# postbox_build_targets DIR "TARGET..." [cmake args...]: the same, building
+# only the targets named (all of them when the list is empty).
+postbox_build_targets() {
+  local dir=$1 targets=$2 target
+  shift 2
   cmake -S "$POSTBOX_ROOT" -B "$dir" "$@" >/dev/null
-  local targets=()
-  [ -n "${POSTBOX_TARGETS:-}" ] && read -r -a targets <<<"--target $POSTBOX_TARGETS"
-  cmake --build "$dir" -j "${POSTBOX_JOBS:-2}" "${targets[@]}"
+  local only=()
+  for target in $targets; do only+=(--target "$target"); done
+  cmake --build "$dir" -j "${POSTBOX_JOBS:-2}" "${only[@]}"
 }
