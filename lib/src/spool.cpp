@@ -222,6 +222,7 @@ class spool_writer {
   void run();
   bool process(batch_parts& parts, std::vector<position>& marks, bool force_sync);
   std::error_code roll();
+  int sync_head();  // fdatasync of the head segment; a failure is the spool's fault
   void set_fault(int err);
   void reclaim_now();
 
@@ -230,8 +231,9 @@ class spool_writer {
   std::uint32_t head_ = 0;       // writer thread only
   std::uint64_t head_end_ = 0;   // writer thread only
   bool dirty_ = false;           // written since the last fdatasync (writer thread only)
-  // Under `always`, when done records written alone get synced at the latest.
-  std::chrono::steady_clock::time_point lone_marks_due_{};
+  // While dirty_: when fsync_interval has passed since the first unsynced
+  // write (interval: any; always: done records written alone).
+  std::chrono::steady_clock::time_point sync_due_{};
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
   std::vector<flat_entry> flat_;       // a batch's entries in write order (writer thread only)
@@ -532,8 +534,6 @@ void spool_writer::run() {
     parts.entries[i].reserve(reserved_entries());
   }
   std::vector<position> marks;
-  const auto interval = opts_.fsync_interval;
-  auto next_sync = steady::now() + interval;
   const auto tick = opts_.retention_time.count() > 0
                         ? std::min<std::chrono::milliseconds>(opts_.retention_time,
                                                               std::chrono::seconds(1))
@@ -547,8 +547,7 @@ void spool_writer::run() {
     };
     if (!ready()) {
       auto deadline = steady::time_point::max();
-      if (opts_.fsync == fsync_policy::interval && dirty_) deadline = next_sync;
-      if (opts_.fsync == fsync_policy::always && dirty_) deadline = lone_marks_due_;
+      if (dirty_ && opts_.fsync != fsync_policy::never) deadline = sync_due_;
       if (tick.count() > 0) deadline = std::min(deadline, next_tick);
       if (deadline == steady::time_point::max())
         writer_cv_.wait(lk, ready);
@@ -578,18 +577,8 @@ void spool_writer::run() {
     parts.clear();
     marks.clear();
     const auto now = steady::now();
-    if (opts_.fsync == fsync_policy::interval && now >= next_sync) {
-      if (dirty_ && !faulted_.load()) {
-        if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
-        ++fsyncs_;
-        dirty_ = false;
-      }
-      next_sync = now + interval;
-    }
-    if (opts_.fsync == fsync_policy::always && dirty_ && now >= lone_marks_due_ && !faulted_.load()) {
-      if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
-      ++fsyncs_;
-      dirty_ = false;
+    if (dirty_ && opts_.fsync != fsync_policy::never && now >= sync_due_ && !faulted_.load()) {
+      (void)sync_head();
     }
     if (tick.count() > 0 && now >= next_tick) {
       want_reclaim = true;
@@ -604,15 +593,19 @@ void spool_writer::run() {
   }
 }
 
+int spool_writer::sync_head() {
+  const int e = sync_fd(head_fd_);
+  if (e != 0) set_fault(e);
+  ++fsyncs_;
+  dirty_ = false;
+  return e;
+}
+
 std::error_code spool_writer::roll() {
   if (head_ == std::numeric_limits<std::uint32_t>::max()) return errno_code(EOVERFLOW);
   // Records already written to the old head must be durable before it is left.
   if (dirty_ && opts_.fsync != fsync_policy::never) {
-    if (const int e = sync_fd(head_fd_); e != 0) {
-      set_fault(e);
-      return errno_code(e);
-    }
-    ++fsyncs_;
+    if (const int e = sync_head(); e != 0) return errno_code(e);
   }
   const int fd = create_segment(state_->dir, head_ + 1);
   if (fd < 0) return errno_code(-fd);
@@ -666,7 +659,6 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
   }
   const std::size_t first_mark_entry = batch.size() - mentries.size();
 
-  const bool was_dirty = dirty_;
   std::size_t written = 0;  // entries [0, written) are in the file
   std::error_code werr;
   bool rolled = false;
@@ -707,26 +699,16 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
       break;
     }
     head_end_ = end;
+    if (!dirty_) sync_due_ = steady::now() + opts_.fsync_interval;
     dirty_ = true;
     written = j;
   }
   ++batches_;
   // Under `always` a batch of done records alone is not synced: a done mark
-  // is a hint (docs/spool-format.md), and the next append's sync covers it.
-  // They are synced within fsync_interval all the same, so that acks on an
-  // idle spool do not wait in the page cache for the next append.
+  // is a hint (docs/spool-format.md), and the next append's sync covers it,
+  // or run() syncs it once fsync_interval has passed (an idle spool's acks).
   const bool appended = std::min(written, first_mark_entry) > 0;
-  if (written > 0 && ((opts_.fsync == fsync_policy::always && appended) || force_sync)) {
-    if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
-    ++fsyncs_;
-    dirty_ = false;
-  } else if (force_sync && dirty_) {
-    if (const int e = sync_fd(head_fd_); e != 0) set_fault(e);
-    ++fsyncs_;
-    dirty_ = false;
-  } else if (dirty_ && !was_dirty && opts_.fsync == fsync_policy::always) {
-    lone_marks_due_ = steady::now() + opts_.fsync_interval;
-  }
+  if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) (void)sync_head();
   if (faulted_.load()) {
     // Nothing covered by a failed fdatasync is ever reported durable.
     const std::error_code e = fault();

@@ -241,8 +241,8 @@ TEST_CASE("spool: under always, a batch of done records alone is written but not
     REQUIRE(!second.error);
     CHECK(syncs_seen.load() == syncs + 1);
     // A lone done mark, then the close.
+    const auto size_marked = std::filesystem::file_size(segment);  // before: the writer is quick
     REQUIRE(s.mark_done(second.pos) == postbox::done_status::ok);
-    const auto size_marked = std::filesystem::file_size(segment);
     REQUIRE(postbox::test::wait_until([&] { return std::filesystem::file_size(segment) > size_marked; }));
     before_close = syncs_seen.load();
   }
@@ -262,6 +262,19 @@ TEST_CASE("spool: under always, a lone batch of done records is synced within fs
   // No append follows: the writer syncs the mark on its own.
   CHECK(postbox::test::wait_until([&] { return syncs_seen.load() == syncs + 1; }));
   CHECK(s.stats().pending == 0);
+}
+
+TEST_CASE("spool: under interval, an append is synced within fsync_interval without a flush",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &counting_fdatasync;
+  postbox::spool s(dir.path(), {.fsync = postbox::fsync_policy::interval,
+                                .fsync_interval = std::chrono::milliseconds(20)});
+  const int syncs = syncs_seen.load();
+  REQUIRE(!s.append_and_wait("written, not yet synced").error);  // reported after the write
+  CHECK(postbox::test::wait_until([&] { return syncs_seen.load() == syncs + 1; }));
+  CHECK(s.stats().fsyncs >= 1);
 }
 
 TEST_CASE("spool: a segment whose records are all done is deleted; the active one is kept",

@@ -18,7 +18,7 @@ namespace postbox {
 /// When an append counts as durable (docs/spool-format.md, "Durability").
 enum class fsync_policy {
   always,    ///< after the fdatasync covering it (group commit); the default
-  interval,  ///< after the write; fdatasync every fsync_interval (loses that much on power loss)
+  interval,  ///< after the write; fdatasync within fsync_interval (loses that much on power loss)
   never,     ///< after the write; no fdatasync (a power loss can lose any record)
 };
 
@@ -27,8 +27,9 @@ struct spool_options {
   /// (1 KiB .. 1 GiB). Records larger than segment_size - 33 are refused.
   std::uint32_t segment_size = 64u * 1024 * 1024;
   fsync_policy fsync = fsync_policy::always;
-  /// interval: how often the writer syncs (> 0). always: how long a batch
-  /// of done records alone (no append to sync it with) waits for its sync.
+  /// The longest a write waits for its fdatasync: under interval, any write
+  /// (> 0); under always, a batch of done records alone (no append to sync
+  /// it with).
   std::chrono::milliseconds fsync_interval{100};
   /// Fully-done segments are kept this long after their last append (0: no time retention).
   std::chrono::milliseconds retention_time{0};
