@@ -18,6 +18,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <random>
 #include <unordered_map>
@@ -43,6 +44,14 @@ constexpr std::size_t max_control_request = 256;
 constexpr int batch_per_wakeup = 1'000;  // frames read from one socket before looking elsewhere
 constexpr milliseconds tick{100};
 constexpr milliseconds pause_threshold{1'000};
+
+// A count written in digits alone (no sign, no spaces, no overflow).
+std::optional<std::uint64_t> count_in(std::string_view text) noexcept {
+  std::uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return n;
+}
 // Deliveries to one consumer per frame: a batch is sent before a delivery
 // would take it past this size, so it holds at most this many bytes, or one
 // larger delivery alone. A consumer shares the batch's buffer only with a
@@ -1537,14 +1546,9 @@ struct queue_device::impl {
     if ((words[0] == "list" || words[0] == "redrive") && (words.size() == 2 || words.size() == 3)) {
       std::size_t limit = words[0] == "list" ? 10 : max_redrive_per_request;
       if (words.size() == 3) {
-        char* end = nullptr;
-        const unsigned long long n = std::strtoull(words[2].c_str(), &end, 10);
-        // strtoull reads "-5" as a huge number: only digits are a count.
-        if (words[2].find_first_not_of("0123456789") != std::string::npos || end == words[2].c_str() ||
-            *end != '\0' || n == 0) {
-          return error("count must be a positive number");
-        }
-        limit = static_cast<std::size_t>(n);
+        const auto n = count_in(words[2]);
+        if (!n || *n == 0) return error("count must be a positive number");
+        limit = static_cast<std::size_t>(*n);
       }
       limit = std::min<std::size_t>(limit, words[0] == "list" ? 1000 : max_redrive_per_request);
       std::string name = words[1];
@@ -1578,17 +1582,12 @@ struct queue_device::impl {
       // A count, as in stats; null if the header is not one (it always is
       // when the device wrote it, but a message too large for the headers
       // keeps the producer's).
-      const std::string_view attempts_text = m.header_value("x-attempts").value_or("");
-      std::uint64_t attempts = 0;
-      const auto [parsed_to, parse_error] =
-          std::from_chars(attempts_text.data(), attempts_text.data() + attempts_text.size(), attempts);
-      const bool counted = !attempts_text.empty() && parse_error == std::errc() &&
-                           parsed_to == attempts_text.data() + attempts_text.size();
+      const auto attempts = count_in(m.header_value("x-attempts").value_or(""));
       outj += std::string(n++ ? "," : "") + "{\"position\":\"" + r.pos.to_string() +
               "\",\"id\":\"" + m.id().to_hex() + "\",\"topic\":\"" + json_escape(m.topic()) +
               "\",\"key\":" + (m.key() ? "\"" + json_escape(*m.key()) + "\"" : std::string("null")) +
               ",\"reason\":\"" + h("x-dead-letter-reason") + "\",\"attempts\":" +
-              (counted ? std::to_string(attempts) : std::string("null")) + ",\"last_error\":\"" + h("x-last-error") +
+              (attempts ? std::to_string(*attempts) : std::string("null")) + ",\"last_error\":\"" + h("x-last-error") +
               "\",\"payload_bytes\":" + std::to_string(m.payload().size()) + "}";
     }
     return outj + "]}";
