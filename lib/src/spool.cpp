@@ -217,12 +217,38 @@ class spool_writer {
     return std::min<std::size_t>(opts_.max_queued_bytes, 64u << 20) / lane_count;
   }
   std::size_t reserved_entries() const noexcept { return reserved_bytes() / 128; }
+  // A batch from its write to its report: the writer takes a batch into a
+  // slot, writes it (write_slot), and reports it (complete) once the
+  // fdatasync that covers it has returned.
+  struct slot {
+    batch_parts parts;
+    std::vector<flat_entry> flat;  // the batch's entries in write order
+    std::size_t written = 0;       // flat[0, written) are in the file
+    std::size_t first_mark_entry = 0;
+    std::error_code werr;          // why the rest are not
+    std::uint32_t first_head = 0, last_head = 0;
+    bool rolled = false;
+    bool callbacks = false;        // appends among the entries: after_callbacks follows
+  };
+  // Under `always`, a large batch's fdatasync runs on the sync thread while
+  // the writer writes the next batch and reports the one before: one sync
+  // in flight at a time, one batch waiting for it. Smaller batches are
+  // synced on the writer thread: the hand-off would cost more than it hides.
+  static constexpr std::size_t async_sync_bytes = 256 * 1024;
+
   static std::size_t my_lane() noexcept;
   void recover();
   void run();
-  bool process(batch_parts& parts, std::vector<position>& marks, bool force_sync);
+  // Writes a batch; `deferred`: its sync is left to start_sync(), which the
+  // caller must call before complete().
+  void write_slot(slot& s, std::vector<position>& marks, bool force_sync, bool& deferred);
+  bool complete(slot& s);  // false: not every entry was written
+  void finish_in_flight();  // waits for the in-flight batch's sync and reports it
   std::error_code roll();
   int sync_head();  // fdatasync of the head segment; a failure is the spool's fault
+  void start_sync();  // the head segment's fdatasync, on the sync thread
+  int wait_sync();    // 0, or the errno of the last started sync (also the spool's fault)
+  void sync_loop();
   void set_fault(int err);
   void reclaim_now();
 
@@ -236,7 +262,8 @@ class spool_writer {
   std::chrono::steady_clock::time_point sync_due_{};
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
-  std::vector<flat_entry> flat_;       // a batch's entries in write order (writer thread only)
+  std::array<slot, 2> slots_;          // writer thread only
+  slot* in_flight_ = nullptr;          // written, its sync running, not yet reported
 
   [[nodiscard]] bool lanes_empty() const noexcept {
     for (const auto& l : lanes_)
@@ -259,6 +286,13 @@ class spool_writer {
   std::atomic<std::uint64_t> batches_{0}, fsyncs_{0}, deleted_{0};
   std::thread thread_;
   std::thread::id writer_id_;
+
+  std::mutex sync_mu_;
+  std::condition_variable sync_cv_;
+  std::uint64_t sync_started_ = 0, sync_finished_ = 0;  // under sync_mu_
+  int sync_fd_ = -1, sync_result_ = 0;                  // under sync_mu_
+  bool sync_stop_ = false;
+  std::thread sync_thread_;
 };
 
 spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts_(opts) {
@@ -301,6 +335,7 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
     l.staging.reserve(reserved_bytes());
     l.entries.reserve(reserved_entries());
   }
+  if (opts_.fsync == fsync_policy::always) sync_thread_ = std::thread([this] { sync_loop(); });
   thread_ = std::thread([this] { run(); });
   writer_id_ = thread_.get_id();
 }
@@ -415,6 +450,12 @@ spool_writer::~spool_writer() {
   writer_cv_.notify_one();
   space_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard lk(sync_mu_);
+    sync_stop_ = true;
+  }
+  sync_cv_.notify_all();
+  if (sync_thread_.joinable()) sync_thread_.join();
   if (head_fd_ >= 0) ::close(head_fd_);
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
@@ -528,10 +569,11 @@ void spool_writer::set_fault(int err) {
 }
 
 void spool_writer::run() {
-  batch_parts parts;
   for (std::size_t i = 0; i < lane_count; ++i) {
-    parts.bytes[i].reserve(reserved_bytes());
-    parts.entries[i].reserve(reserved_entries());
+    // The second slot grows as it is used: reserving both would double the
+    // address space an idle spool holds.
+    slots_[0].parts.bytes[i].reserve(reserved_bytes());
+    slots_[0].parts.entries[i].reserve(reserved_entries());
   }
   std::vector<position> marks;
   const auto tick = opts_.retention_time.count() > 0
@@ -545,6 +587,13 @@ void spool_writer::run() {
       return stop_ || !lanes_empty() || !marks_.empty() || flush_req_ != flush_done_ ||
              reclaim_req_;
     };
+    if (!ready() && in_flight_ != nullptr) {
+      // Nothing to write meanwhile: report the batch whose sync is running.
+      lk.unlock();
+      finish_in_flight();
+      lk.lock();
+      continue;
+    }
     if (!ready()) {
       auto deadline = steady::time_point::max();
       if (dirty_ && opts_.fsync != fsync_policy::never) deadline = sync_due_;
@@ -555,11 +604,12 @@ void spool_writer::run() {
         writer_cv_.wait_until(lk, deadline, ready);
     }
     const bool stopping = stop_;
+    slot& cur = in_flight_ == &slots_[0] ? slots_[1] : slots_[0];
     for (std::size_t i = 0; i < lane_count; ++i) {
       lane& l = lanes_[i];
       std::lock_guard ll(l.mu);
-      parts.bytes[i].swap(l.staging);
-      parts.entries[i].swap(l.entries);
+      cur.parts.bytes[i].swap(l.staging);
+      cur.parts.entries[i].swap(l.entries);
       l.bytes.store(0, std::memory_order_release);
     }
     marks.swap(marks_);
@@ -571,10 +621,28 @@ void spool_writer::run() {
     space_cv_.notify_all();
     lk.unlock();
 
-    const bool callbacks = !parts.empty();
-    if (callbacks || !marks.empty() || force_sync) process(parts, marks, force_sync);
-    if (callbacks && opts_.after_callbacks) opts_.after_callbacks();
-    parts.clear();
+    cur.callbacks = !cur.parts.empty();
+    if (cur.callbacks || !marks.empty() || force_sync) {
+      // A flush reports everything; a fault reports in order.
+      if (force_sync || faulted_.load()) finish_in_flight();
+      bool deferred = false;
+      write_slot(cur, marks, force_sync, deferred);
+      if (deferred) {
+        // The one before is reported while this one's sync runs.
+        slot* before = in_flight_;
+        (void)wait_sync();
+        start_sync();
+        in_flight_ = &cur;
+        if (before != nullptr) {
+          (void)complete(*before);
+          before->parts.clear();
+        }
+      } else {
+        finish_in_flight();
+        (void)complete(cur);
+      }
+    }
+    if (in_flight_ != &cur) cur.parts.clear();
     marks.clear();
     const auto now = steady::now();
     if (dirty_ && opts_.fsync != fsync_policy::never && now >= sync_due_ && !faulted_.load()) {
@@ -584,12 +652,62 @@ void spool_writer::run() {
       want_reclaim = true;
       next_tick = now + tick;
     }
-    if (want_reclaim && !faulted_.load()) reclaim_now();
+    if (want_reclaim && !faulted_.load()) {
+      finish_in_flight();
+      reclaim_now();
+    }
 
     lk.lock();
     flush_done_ = flush_target;
     flush_cv_.notify_all();
-    if (stopping && lanes_empty() && marks_.empty()) break;
+    if (stopping && lanes_empty() && marks_.empty() && in_flight_ == nullptr) break;
+  }
+}
+
+void spool_writer::finish_in_flight() {
+  if (in_flight_ == nullptr) return;
+  slot& s = *in_flight_;
+  in_flight_ = nullptr;
+  (void)wait_sync();
+  (void)complete(s);
+  s.parts.clear();
+}
+
+void spool_writer::start_sync() {
+  {
+    std::lock_guard lk(sync_mu_);
+    sync_fd_ = head_fd_;
+    ++sync_started_;
+  }
+  sync_cv_.notify_one();
+  dirty_ = false;  // everything written so far is covered
+}
+
+int spool_writer::wait_sync() {
+  int e = 0;
+  {
+    std::unique_lock lk(sync_mu_);
+    sync_cv_.wait(lk, [&] { return sync_finished_ == sync_started_; });
+    e = sync_result_;
+  }
+  if (e != 0) set_fault(e);
+  return e;
+}
+
+void spool_writer::sync_loop() {
+  std::unique_lock lk(sync_mu_);
+  while (true) {
+    sync_cv_.wait(lk, [&] { return sync_started_ != sync_finished_ || sync_stop_; });
+    if (sync_started_ == sync_finished_) return;  // stopping, nothing to sync
+    const std::uint64_t ticket = sync_started_;
+    const int fd = sync_fd_;
+    lk.unlock();
+    const int e = sync_fd(fd);
+    ++fsyncs_;
+    lk.lock();
+    sync_result_ = e;
+    sync_finished_ = ticket;
+    sync_cv_.notify_all();
   }
 }
 
@@ -617,13 +735,21 @@ std::error_code spool_writer::roll() {
   return {};
 }
 
-bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, bool force_sync) {
+void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_sync,
+                              bool& deferred) {
+  batch_parts& parts = s.parts;
+  std::vector<flat_entry>& batch = s.flat;
+  batch.clear();
+  s.written = 0;
+  s.werr = {};
+  s.rolled = false;
+  s.first_head = s.last_head = head_;
   if (faulted_.load()) {
-    const std::error_code e = fault();
+    // Reported by complete(): nothing is written.
     for (auto& part : parts.entries)
-      for (auto& en : part)
-        if (en.cb) en.cb({{}, e});
-    return false;
+      for (auto& en : part) batch.push_back({&en, nullptr, {}});
+    s.first_mark_entry = batch.size();
+    return;
   }
   // Done marks become done records at the end of the batch.
   if (!carry_marks_.empty()) {
@@ -648,8 +774,6 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
   }
 
   // The batch in write order: lane after lane, then the done records.
-  std::vector<flat_entry>& batch = flat_;
-  batch.clear();
   for (std::size_t part = 0; part <= lane_count; ++part) {
     const unsigned char* b = parts.bytes[part].data();
     for (auto& en : parts.entries[part]) {
@@ -658,11 +782,11 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     }
   }
   const std::size_t first_mark_entry = batch.size() - mentries.size();
+  s.first_mark_entry = first_mark_entry;
 
   std::size_t written = 0;  // entries [0, written) are in the file
+  std::uint64_t appended_bytes = 0;
   std::error_code werr;
-  bool rolled = false;
-  const std::uint32_t first_head = head_;
   while (written < batch.size()) {
     const std::uint64_t start = head_end_;
     std::uint64_t end = start;
@@ -676,7 +800,7 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     if (j == written) {
       werr = roll();
       if (werr) break;
-      rolled = true;
+      s.rolled = true;
       continue;
     }
     // One write per run of entries whose bytes are adjacent (one per lane).
@@ -701,19 +825,42 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
     head_end_ = end;
     if (!dirty_) sync_due_ = steady::now() + opts_.fsync_interval;
     dirty_ = true;
+    appended_bytes += end - start;
     written = j;
   }
+  s.written = written;
+  s.werr = werr;
+  s.last_head = head_;
   ++batches_;
+  if (written < batch.size() && first_mark_entry < batch.size()) {
+    // Done records that did not reach the file are tried again next batch.
+    const std::size_t first_failed_mark = std::max(written, first_mark_entry);
+    std::size_t skip = 0;
+    for (std::size_t k = first_mark_entry; k < first_failed_mark; ++k)
+      skip += (batch[k].e->size - fmt::record_header_size) / fmt::done_entry_size;
+    carry_marks_.assign(marks.begin() + static_cast<std::ptrdiff_t>(skip), marks.end());
+  }
   // Under `always` a batch of done records alone is not synced: a done mark
   // is a hint (docs/spool-format.md), and the next append's sync covers it,
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
   const bool appended = std::min(written, first_mark_entry) > 0;
-  if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) (void)sync_head();
+  if (opts_.fsync == fsync_policy::always && appended && !force_sync &&
+      appended_bytes >= async_sync_bytes && sync_thread_.joinable()) {
+    deferred = true;
+  } else if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) {
+    (void)sync_head();
+  }
+}
+
+bool spool_writer::complete(slot& s) {
+  std::vector<flat_entry>& batch = s.flat;
+  const std::size_t written = s.written;
   if (faulted_.load()) {
     // Nothing covered by a failed fdatasync is ever reported durable.
     const std::error_code e = fault();
     for (auto& en : batch)
       if (en.e->cb) en.e->cb({{}, e});
+    if (s.callbacks && opts_.after_callbacks) opts_.after_callbacks();
     return false;
   }
   // Publish: the new records become visible to cursors and mark_done.
@@ -731,36 +878,29 @@ bool spool_writer::process(batch_parts& parts, std::vector<position>& marks, boo
       if (batch[k].e->data) seg->add(p.offset);
       seg->bytes = std::max<std::uint64_t>(seg->bytes, p.offset + std::uint64_t{batch[k].e->size});
     }
-    if (head_ != first_head) {
-      for (auto it = state_->segments.find(first_head); it != state_->segments.end(); ++it) {
-        if (it->first == head_) break;
+    if (s.last_head != s.first_head) {
+      for (auto it = state_->segments.find(s.first_head); it != state_->segments.end(); ++it) {
+        if (it->first == s.last_head) break;
         it->second.offsets.shrink_to_fit();
       }
-      auto& h = state_->segments[head_];
+      auto& h = state_->segments[s.last_head];
       h.bytes = std::max<std::uint64_t>(h.bytes, fmt::segment_header_size);
       if (h.last_write_ms == 0) h.last_write_ms = now;
     }
-    state_->head = head_;
+    state_->head = s.last_head;
   }
-  if (rolled) {
+  if (s.rolled) {
     std::lock_guard lk(qmu_);
     reclaim_req_ = true;
-  }
-  if (written < batch.size() && first_mark_entry < batch.size()) {
-    // Done records that did not reach the file are tried again next batch.
-    const std::size_t first_failed_mark = std::max(written, first_mark_entry);
-    std::size_t skip = 0;
-    for (std::size_t k = first_mark_entry; k < first_failed_mark; ++k)
-      skip += (batch[k].e->size - fmt::record_header_size) / fmt::done_entry_size;
-    carry_marks_.assign(marks.begin() + static_cast<std::ptrdiff_t>(skip), marks.end());
   }
   for (std::size_t k = 0; k < batch.size(); ++k) {
     if (!batch[k].e->cb) continue;
     if (k < written)
       batch[k].e->cb({batch[k].pos, {}});
     else
-      batch[k].e->cb({{}, werr});
+      batch[k].e->cb({{}, s.werr});
   }
+  if (s.callbacks && opts_.after_callbacks) opts_.after_callbacks();
   return written == batch.size();
 }
 
@@ -792,8 +932,10 @@ void spool_writer::reclaim_now() {
     }
   }
   if (!restate.empty()) {
-    batch_parts none;
-    if (!process(none, restate, true)) return;
+    slot none;
+    bool deferred = false;
+    write_slot(none, restate, true, deferred);
+    if (!complete(none)) return;
   }
   {
     std::lock_guard lk(state_->mu);
