@@ -51,7 +51,7 @@ struct config {
   std::uint64_t recovery_bytes = 256ull << 20;
   std::uint64_t pending = 1'000'000;
   int threads = 4;
-  int rounds = 3;
+  int rounds = 5;
 };
 
 double median(std::vector<double> v) {
