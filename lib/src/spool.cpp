@@ -249,6 +249,7 @@ class spool_writer {
   void start_sync();  // the head segment's fdatasync, on the sync thread
   int wait_sync();    // 0, or the errno of the last started sync (also the spool's fault)
   void sync_loop();
+  void stop_sync_thread();
   void set_fault(int err);
   void reclaim_now();
 
@@ -336,7 +337,14 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
     l.entries.reserve(reserved_entries());
   }
   if (opts_.fsync == fsync_policy::always) sync_thread_ = std::thread([this] { sync_loop(); });
-  thread_ = std::thread([this] { run(); });
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (...) {
+    stop_sync_thread();
+    ::close(head_fd_);
+    ::close(lock_fd_);
+    throw;
+  }
   writer_id_ = thread_.get_id();
 }
 
@@ -450,12 +458,7 @@ spool_writer::~spool_writer() {
   writer_cv_.notify_one();
   space_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  {
-    std::lock_guard lk(sync_mu_);
-    sync_stop_ = true;
-  }
-  sync_cv_.notify_all();
-  if (sync_thread_.joinable()) sync_thread_.join();
+  stop_sync_thread();
   if (head_fd_ >= 0) ::close(head_fd_);
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
@@ -673,6 +676,15 @@ void spool_writer::finish_in_flight() {
   s.parts.clear();
 }
 
+void spool_writer::stop_sync_thread() {
+  {
+    std::lock_guard lk(sync_mu_);
+    sync_stop_ = true;
+  }
+  sync_cv_.notify_all();
+  if (sync_thread_.joinable()) sync_thread_.join();
+}
+
 void spool_writer::start_sync() {
   {
     std::lock_guard lk(sync_mu_);
@@ -721,7 +733,10 @@ int spool_writer::sync_head() {
 
 std::error_code spool_writer::roll() {
   if (head_ == std::numeric_limits<std::uint32_t>::max()) return errno_code(EOVERFLOW);
-  // Records already written to the old head must be durable before it is left.
+  // The sync thread may be about to sync the old head: its fd stays open
+  // (and its number unused) until that sync has returned. Records already
+  // written to the old head must be durable before it is left.
+  if (const int e = wait_sync(); e != 0) return errno_code(e);
   if (dirty_ && opts_.fsync != fsync_policy::never) {
     if (const int e = sync_head(); e != 0) return errno_code(e);
   }
@@ -856,6 +871,7 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
       appended_bytes >= async_sync_bytes && sync_thread_.joinable()) {
     deferred = true;
   } else if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) {
+    finish_in_flight();  // the batch before is reported now, not after this sync
     (void)sync_head();
   }
 }

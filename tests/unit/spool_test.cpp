@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -75,6 +77,22 @@ int counting_fdatasync(int fd) {
 std::atomic<std::uint64_t> written_end{0}, durable_end{0};
 std::atomic<bool> syncing{false};
 std::atomic<int> writes_during_sync{0};
+// Sleeps between taking the fd and syncing it: if the writer closed the fd
+// meanwhile (or its number now names another file), the sync would miss
+// the records it is meant to cover.
+// A new segment's own sync (of its .tmp file) is not slowed: the writer
+// makes it while rolling, and slowing it would hide the race.
+std::atomic<int> fd_changed{0};
+int fd_checking_fdatasync(int fd) {
+  std::error_code ec;
+  const auto path = std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(fd), ec);
+  if (!ec && path.string().ends_with(".tmp")) return ::fdatasync(fd);
+  struct stat before {}, after {};
+  if (::fstat(fd, &before) != 0) ++fd_changed;
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  if (::fstat(fd, &after) != 0 || after.st_ino != before.st_ino) ++fd_changed;
+  return ::fdatasync(fd);
+}
 ssize_t tracking_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
   if (syncing.load()) ++writes_during_sync;
   const ssize_t w = ::pwrite(fd, buf, n, off);
@@ -531,6 +549,29 @@ TEST_CASE("spool: a failed fdatasync is fatal: nothing it covered is reported du
   }
   postbox::spool s(dir.path());  // reopening recovers what is on disk
   CHECK(!s.append_and_wait("after reopen").error);
+}
+
+TEST_CASE("spool: a segment roll waits for the sync thread's fdatasync of the old head",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  fd_changed = 0;
+  postbox::detail::spool_io_calls().fdatasync = &fd_checking_fdatasync;
+  // 300 KiB records in 400 KiB segments: each batch is synced on the sync
+  // thread, and the next one rolls the segment, closing the old head's fd.
+  postbox::spool s(dir.path(), {.segment_size = 400 * 1024});
+  const std::string body(300 * 1024, 'r');
+  std::atomic<int> ok{0}, failed{0};
+  for (int i = 0; i < 6; ++i) {
+    REQUIRE(s.append(body, [&](const postbox::append_outcome& o) { ++(o.error ? failed : ok); }) ==
+            postbox::append_status::queued);
+  }
+  REQUIRE(postbox::test::wait_until([&] { return ok.load() + failed.load() == 6; }));
+  CHECK(failed.load() == 0);
+  CHECK(fd_changed.load() == 0);
+  CHECK(!s.fault());
+  CHECK(read_all(s).size() == 6);
+  CHECK(s.segments().size() == 6);
 }
 
 TEST_CASE("spool: under always, a large batch's fdatasync runs while the next batch is "

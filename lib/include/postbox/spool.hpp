@@ -38,7 +38,9 @@ struct spool_options {
   /// append() blocks while this many bytes wait for the writer (back-pressure):
   /// a quarter of it in each of the four lanes appending threads share.
   /// More than a few MiB does not help: the batch buffers fall out of the
-  /// CPU's caches (postbox-bench-spool).
+  /// CPU's caches (postbox-bench-spool). The writer holds up to two batches
+  /// besides (the one it writes, and under `always` the one being synced),
+  /// so appends in the spool's hands take at most about 3x this memory.
   std::size_t max_queued_bytes = 8u * 1024 * 1024;
   /// Called on the writer thread after the append callbacks of a batch have
   /// all run, before the writer looks for more work. A caller whose callbacks
