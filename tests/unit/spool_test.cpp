@@ -617,9 +617,11 @@ TEST_CASE("spool: under always, a large batch's fdatasync runs while the next ba
   CHECK(early.load() == 0);
   CHECK(writes_during_sync.load() > 0);
   CHECK(s.stats().fsyncs >= 2);
+  // Reported in the order written: batch after batch, record after record.
+  const auto by_position = [](const auto& a, const auto& b) { return a.first < b.first; };
+  CHECK(std::is_sorted(reported.begin(), reported.end(), by_position));
   // Everything reads back, in position order, with the bytes each was given.
-  std::sort(reported.begin(), reported.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::sort(reported.begin(), reported.end(), by_position);
   const auto all = read_all(s);
   REQUIRE(all.size() == reported.size());
   for (std::size_t i = 0; i < all.size(); ++i) {
