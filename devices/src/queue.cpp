@@ -1400,13 +1400,14 @@ struct queue_device::impl {
       sent = send_to(c.id, batch_frame);
     }
     const int err = errno;
-    std::vector<std::uint64_t> tags;
-    tags.swap(c.batch_tags);
     c.batch.clear();
     if (sent) {
+      c.batch_tags.clear();  // keeps its capacity for the next batch
       c.last_beat_sent = turn_now;
       return;
     }
+    std::vector<std::uint64_t> tags;
+    tags.swap(c.batch_tags);
     if (err == EHOSTUNREACH) return lose_consumer(std::string(c.id), true);
     for (auto it = tags.rbegin(); it != tags.rend(); ++it) {
       if (in_flight.count(*it) == 0) continue;
