@@ -3,6 +3,8 @@
 // any region; analytics wants everything about orders.
 #include <postbox/postbox.hpp>
 
+#include "example_args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -24,7 +26,11 @@ bool check(const char* who, postbox::subscriber& sub, std::size_t expected) {
   return got == expected;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  if (const int rc = example::check_args(argc, argv,
+                                          "A shop publishes order events once; an e-mail subscriber takes only new\norders from any region (the pattern orders.*.created), and analytics\ntakes every order event (the prefix orders.). Exits 0 when each got\nexactly what its filter matches.");
+      rc >= 0)
+    return rc;
   postbox::context ctx;
   postbox::publisher shop(ctx, "tcp://127.0.0.1:*");
   const std::string& address = shop.endpoints().front();

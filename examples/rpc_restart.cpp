@@ -3,6 +3,8 @@
 // new instance answers it. The client needs no reconnect logic of its own.
 #include <postbox/postbox.hpp>
 
+#include "example_args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <stop_token>
@@ -23,7 +25,11 @@ void serve_quotes(std::stop_token stop, postbox::replier service, const std::str
   }
 }
 
-int main() {
+int main(int argc, char** argv) {
+  if (const int rc = example::check_args(argc, argv,
+                                          "A price-quote service is stopped and started again on the same address;\na request made while it is down is retried until the new instance\nanswers it. Exits 0 when every request got its answer.");
+      rc >= 0)
+    return rc;
   postbox::context ctx;
   postbox::replier first(ctx, "tcp://127.0.0.1:*");
   // The restarted service binds the port the first one got, so clients keep one address.

@@ -4,6 +4,8 @@
 // roles run as separate processes.
 #include <postbox/postbox.hpp>
 
+#include "example_args.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -28,7 +30,11 @@ struct transcode_done {
   MSGPACK_DEFINE(video_id, worker)
 };
 
-int main() {
+int main(int argc, char** argv) {
+  if (const int rc = example::check_args(argc, argv,
+                                          "An upload API hands 30 video transcoding jobs to three workers over\nloopback tcp, each job to exactly one of them, and a collector gathers\nwhat the workers report back (point-to-point channels). Exits 0 when\nevery job was done exactly once.");
+      rc >= 0)
+    return rc;
   constexpr int worker_count = 3;
   constexpr std::uint32_t job_count = 30;
   std::printf("task_distribution: an upload API sends %u transcoding jobs to %d workers\n",

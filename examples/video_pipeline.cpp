@@ -14,6 +14,8 @@
 #include <postbox/postbox.hpp>
 #include <postbox/queue_client.hpp>
 
+#include "example_args.hpp"
+
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -569,6 +571,16 @@ int main(int argc, char** argv) {
     if (argc == 5 && std::string_view(argv[1]) == "--worker") {
       return run_worker(std::atoi(argv[2]), argv[3], argv[4]);
     }
+    if (const int rc = example::check_args(
+            argc, argv,
+            "The README's demo: an upload API produces transcoding jobs into a\n"
+            "postbox-queue process, and three worker processes consume them. Workers\n"
+            "fail now and then (retries with backoff), one corrupt upload ends in the\n"
+            "dead-letter queue, and one worker is killed with SIGKILL while it holds a\n"
+            "job, which another worker then does. Ends with a summary (sent,\n"
+            "processed, retried, dead-lettered, lost) and exits 0 when lost = 0.");
+        rc >= 0)
+      return rc;
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (ec) self = fs::absolute(argv[0]);
