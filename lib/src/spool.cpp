@@ -18,6 +18,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <system_error>
 #include <thread>
 #include <unistd.h>
 
@@ -250,6 +251,9 @@ class spool_writer {
   int wait_sync();    // 0, or the errno of the last started sync (also the spool's fault)
   void sync_loop();
   void stop_sync_thread();
+  // Starts the sync thread on first use: most spools (a queue's attempts
+  // and dead letters) never write a batch large enough to need it.
+  bool have_sync_thread() noexcept;
   void set_fault(int err);
   void reclaim_now();
 
@@ -336,15 +340,7 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
     l.staging.reserve(reserved_bytes());
     l.entries.reserve(reserved_entries());
   }
-  if (opts_.fsync == fsync_policy::always) sync_thread_ = std::thread([this] { sync_loop(); });
-  try {
-    thread_ = std::thread([this] { run(); });
-  } catch (...) {
-    stop_sync_thread();
-    ::close(head_fd_);
-    ::close(lock_fd_);
-    throw;
-  }
+  thread_ = std::thread([this] { run(); });
   writer_id_ = thread_.get_id();
 }
 
@@ -676,6 +672,16 @@ void spool_writer::finish_in_flight() {
   s.parts.clear();
 }
 
+bool spool_writer::have_sync_thread() noexcept {
+  if (sync_thread_.joinable()) return true;
+  try {
+    sync_thread_ = std::thread([this] { sync_loop(); });
+  } catch (const std::system_error&) {
+    return false;  // no thread to spare: this batch is synced in line
+  }
+  return true;
+}
+
 void spool_writer::stop_sync_thread() {
   {
     std::lock_guard lk(sync_mu_);
@@ -868,7 +874,7 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
   const bool appended = std::min(written, first_mark_entry) > 0;
   if (opts_.fsync == fsync_policy::always && appended && !force_sync &&
-      appended_bytes >= async_sync_bytes && sync_thread_.joinable()) {
+      appended_bytes >= async_sync_bytes && have_sync_thread()) {
     deferred = true;
   } else if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) {
     finish_in_flight();  // the batch before is reported now, not after this sync
