@@ -325,6 +325,7 @@ struct queue_device::impl {
       co.max_message_size = 1024;
       control.emplace(ctx, zmq::socket_type::router, config.control, endpoint_mode::bind, co, false);
     }
+    made_dir.dir.clear();  // started: the data directory stays
   }
 
   ~impl() {
@@ -337,6 +338,13 @@ struct queue_device::impl {
   // (each spool has its own lock too, but a device with no queue yet has none).
   void lock_data_dir() {
     std::error_code ec;
+    const fs::path dir = fs::absolute(config.data_dir, ec);
+    fs::path top;  // the outermost directory about to be created
+    for (fs::path p = dir; !ec && !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+      top = p;
+      if (p == p.parent_path()) break;
+    }
+    ec.clear();
     fs::create_directories(config.data_dir, ec);
     if (ec) throw spool_error("cannot create " + config.data_dir.string() + ": " + ec.message());
     const fs::path lock = config.data_dir / "LOCK";
@@ -351,6 +359,8 @@ struct queue_device::impl {
                                   " is in use by another postbox-queue"
                             : "cannot lock " + lock.string() + ": " + std::strerror(err));
     }
+    // Ours alone now: if this start fails, what it created goes again.
+    if (!top.empty()) made_dir.dir = dir, made_dir.top = top;
   }
 
   void validate() const {
@@ -1873,6 +1883,27 @@ struct queue_device::impl {
 
   queue_config config;
   logger log;
+  // The outermost directory this start created for the data directory, while
+  // the start can still fail: a failed start (a busy address, say) removes
+  // it again rather than leave an empty data directory behind. Declared
+  // before the lock and the queues, so that they are closed first.
+  struct new_data_dir {
+    new_data_dir() = default;
+    new_data_dir(const new_data_dir&) = delete;
+    new_data_dir& operator=(const new_data_dir&) = delete;
+    fs::path dir, top;  // empty: nothing to remove
+    ~new_data_dir() {
+      if (dir.empty()) return;
+      // The data directory was new and is locked by us: nothing else is in
+      // it. Its new parents go only if empty (fs::remove is rmdir).
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+      for (fs::path p = dir.parent_path(); !ec && top != dir && p != top.parent_path();
+           p = p.parent_path()) {
+        if (!fs::remove(p, ec)) break;
+      }
+    }
+  } made_dir;
   // Declared before the queues: a spool's callbacks reach these until it is destroyed.
   unique_fd lock_fd, wake_fd;
   int wake = -1;  // wake_fd.fd

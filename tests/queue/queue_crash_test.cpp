@@ -791,6 +791,43 @@ TEST_CASE("queue crash: a bad configuration prints one line on stderr and exits 
   CHECK_FALSE(fs::exists(data));  // refused before touching the disk
 }
 
+TEST_CASE("queue crash: a start that fails on a busy address exits 2 and removes the data "
+          "directory it created, not one that was there",
+          "[queue][crash]") {
+  postbox::test::temp_dir dir;
+  postbox::context ctx;
+  zmq::socket_t squatter(ctx.native(), zmq::socket_type::pull);
+  squatter.bind("tcp://127.0.0.1:*");
+  const std::string busy = "@" + squatter.get(zmq::sockopt::last_endpoint);
+  const fs::path existing = dir.path() / "existing";
+  fs::create_directories(existing / "data");
+  std::ofstream(existing / "data" / "mine") << "kept";
+  struct start_case {
+    fs::path data;
+    fs::path gone;  // what must not exist afterwards (empty: nothing)
+    fs::path kept;  // what must still exist
+  };
+  const std::vector<start_case> cases = {
+      {dir.path() / "new" / "deeper" / "data", dir.path() / "new", dir.path()},
+      {existing / "fresh", existing / "fresh", existing},
+      {existing / "data", {}, existing / "data" / "mine"},
+  };
+  const auto& c = cases[GENERATE(std::size_t{0}, std::size_t{1}, std::size_t{2})];
+  INFO(c.data.string());
+  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
+                                   postbox::test::queue_path(), "--data-dir", c.data.string(),
+                                   "--clients", busy};
+  child bad(argv);
+  std::vector<std::string> lines;
+  std::string line;
+  while (bad.read_line(line, 10s)) lines.push_back(line);
+  CHECK(bad.wait() == 2);
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0].find("Address already in use") != std::string::npos);
+  if (!c.gone.empty()) CHECK_FALSE(fs::exists(c.gone));
+  CHECK(fs::exists(c.kept));
+}
+
 TEST_CASE("queue crash: a second device on the same data directory gets a clear error naming the "
           "directory and exits 2",
           "[queue][crash]") {
