@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace postbox::devices {
@@ -337,15 +338,21 @@ struct queue_device::impl {
   // One device per data directory: DATA/LOCK held with flock while it runs
   // (each spool has its own lock too, but a device with no queue yet has none).
   void lock_data_dir() {
+    // The parents first, then the directory itself with mkdir: whether that
+    // mkdir made it is the one reliable sign that it is new (a path through
+    // "..", or a start racing this one, cannot fool it).
+    fs::path dir = config.data_dir;
+    while (!dir.empty() && !dir.has_filename()) dir = dir.parent_path();  // "a/b/" is "a/b"
     std::error_code ec;
-    const fs::path dir = fs::absolute(config.data_dir, ec);
-    fs::path top;  // the outermost directory about to be created
-    for (fs::path p = dir; !ec && !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
-      top = p;
-      if (p == p.parent_path()) break;
+    if (dir.has_parent_path()) fs::create_directories(dir.parent_path(), ec);
+    bool made = false;
+    if (!ec && !dir.empty()) {
+      if (::mkdir(dir.c_str(), 0755) == 0) {
+        made = true;
+      } else if (errno != EEXIST) {
+        ec = {errno, std::generic_category()};
+      }
     }
-    ec.clear();
-    fs::create_directories(config.data_dir, ec);
     if (ec) throw spool_error("cannot create " + config.data_dir.string() + ": " + ec.message());
     const fs::path lock = config.data_dir / "LOCK";
     lock_fd.fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -359,8 +366,8 @@ struct queue_device::impl {
                                   " is in use by another postbox-queue"
                             : "cannot lock " + lock.string() + ": " + std::strerror(err));
     }
-    // Ours alone now: if this start fails, what it created goes again.
-    if (!top.empty()) made_dir.dir = dir, made_dir.top = top;
+    // Ours alone now: if this start fails, the directory it made goes again.
+    if (made) made_dir.dir = dir;
   }
 
   void validate() const {
@@ -1883,29 +1890,23 @@ struct queue_device::impl {
 
   queue_config config;
   logger log;
-  // The outermost directory this start created for the data directory, while
-  // the start can still fail: a failed start (a busy address, say) removes
-  // it again rather than leave an empty data directory behind. Declared
-  // before the lock and the queues, so that they are closed first.
+  // Declared before the queues: a spool's callbacks reach these until it is destroyed.
+  unique_fd lock_fd, wake_fd;
+  // The data directory while the start can still fail, when this start made
+  // it (its own mkdir succeeded): a failed start (a busy address, say)
+  // removes it again rather than leave it behind. Declared after the lock,
+  // which is held until the removal is done, and before the queues, which
+  // are closed first.
   struct new_data_dir {
     new_data_dir() = default;
     new_data_dir(const new_data_dir&) = delete;
     new_data_dir& operator=(const new_data_dir&) = delete;
-    fs::path dir, top;  // empty: nothing to remove
+    fs::path dir;  // empty: nothing to remove
     ~new_data_dir() {
-      if (dir.empty()) return;
-      // The data directory was new and is locked by us: nothing else is in
-      // it. Its new parents go only if empty (fs::remove is rmdir).
       std::error_code ec;
-      fs::remove_all(dir, ec);
-      for (fs::path p = dir.parent_path(); !ec && top != dir && p != top.parent_path();
-           p = p.parent_path()) {
-        if (!fs::remove(p, ec)) break;
-      }
+      if (!dir.empty()) fs::remove_all(dir, ec);
     }
   } made_dir;
-  // Declared before the queues: a spool's callbacks reach these until it is destroyed.
-  unique_fd lock_fd, wake_fd;
   int wake = -1;  // wake_fd.fd
   std::mutex completions_mu;
   std::vector<completion> completions;  // guarded by completions_mu

@@ -792,7 +792,7 @@ TEST_CASE("queue crash: a bad configuration prints one line on stderr and exits 
 }
 
 TEST_CASE("queue crash: a start that fails on a busy address exits 2 and removes the data "
-          "directory it created, not one that was there",
+          "directory it made, and never one that was there",
           "[queue][crash]") {
   postbox::test::temp_dir dir;
   postbox::context ctx;
@@ -808,11 +808,15 @@ TEST_CASE("queue crash: a start that fails on a busy address exits 2 and removes
     fs::path kept;  // what must still exist
   };
   const std::vector<start_case> cases = {
-      {dir.path() / "new" / "deeper" / "data", dir.path() / "new", dir.path()},
+      {dir.path() / "new" / "deeper" / "data", dir.path() / "new" / "deeper" / "data",
+       dir.path() / "new" / "deeper"},
       {existing / "fresh", existing / "fresh", existing},
+      {existing / "fresh" / "", existing / "fresh", existing},
       {existing / "data", {}, existing / "data" / "mine"},
+      // Through a directory that does not exist yet, to one that does.
+      {existing / "missing" / ".." / "data", {}, existing / "data" / "mine"},
   };
-  const auto& c = cases[GENERATE(std::size_t{0}, std::size_t{1}, std::size_t{2})];
+  const auto& c = cases[GENERATE(range(std::size_t{0}, std::size_t{5}))];
   INFO(c.data.string());
   std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
                                    postbox::test::queue_path(), "--data-dir", c.data.string(),
