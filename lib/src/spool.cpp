@@ -340,7 +340,13 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
     l.staging.reserve(reserved_bytes());
     l.entries.reserve(reserved_entries());
   }
-  thread_ = std::thread([this] { run(); });
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (...) {
+    ::close(head_fd_);
+    ::close(lock_fd_);  // releases the directory's lock
+    throw;
+  }
   writer_id_ = thread_.get_id();
 }
 
@@ -676,7 +682,7 @@ bool spool_writer::have_sync_thread() noexcept {
   if (sync_thread_.joinable()) return true;
   try {
     sync_thread_ = std::thread([this] { sync_loop(); });
-  } catch (const std::system_error&) {
+  } catch (...) {
     return false;  // no thread to spare: this batch is synced in line
   }
   return true;
