@@ -154,6 +154,26 @@ std::vector<std::string> device_args(const fs::path& data, const std::string& cl
 
 // Starts a device and waits until it is ready. On a fixed port just freed by
 // a killed device the bind can fail for a moment: it tries again.
+// Runs postbox-queue with `args` until it exits, as a refused start does:
+// its exit status (-1: still running after the log went quiet, then
+// killed) and its stderr lines (stdout is dropped).
+struct run_to_exit {
+  int status = -1;
+  std::vector<std::string> lines;
+};
+run_to_exit run_device_to_exit(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
+                                   postbox::test::queue_path()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  child c(argv);
+  run_to_exit out;
+  std::string line;
+  while (c.read_line(line, 10s)) out.lines.push_back(line);
+  out.status = c.wait(5s);
+  if (out.status < 0) c.kill(SIGKILL);
+  return out;
+}
+
 std::unique_ptr<device_process> start_device(const std::vector<std::string>& args) {
   const auto deadline = steady::now() + 60s;
   while (true) {
@@ -776,18 +796,14 @@ TEST_CASE("queue crash: a bad configuration prints one line on stderr and exits 
       {{"--config", "."}, "it is a directory"},
       {{"--clients", "@inproc://jobs"}, "--clients: inproc://jobs reaches only this process"},
   }));
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
-                                   postbox::test::queue_path(), "--data-dir", data};
-  argv.insert(argv.end(), c.args.begin(), c.args.end());
+  std::vector<std::string> args = {"--data-dir", data};
+  args.insert(args.end(), c.args.begin(), c.args.end());
   INFO(c.args.front());
-  child bad(argv);
-  std::vector<std::string> lines;
-  std::string line;
-  while (bad.read_line(line, 10s)) lines.push_back(line);
-  CHECK(bad.wait() == 2);
-  REQUIRE(lines.size() == 1);
-  CHECK(lines[0].rfind("postbox-queue: ", 0) == 0);
-  CHECK(lines[0].find(c.says) != std::string::npos);
+  const auto bad = run_device_to_exit(args);
+  CHECK(bad.status == 2);
+  REQUIRE(bad.lines.size() == 1);
+  CHECK(bad.lines[0].rfind("postbox-queue: ", 0) == 0);
+  CHECK(bad.lines[0].find(c.says) != std::string::npos);
   CHECK_FALSE(fs::exists(data));  // refused before touching the disk
 }
 
@@ -818,16 +834,10 @@ TEST_CASE("queue crash: a start that fails on a busy address exits 2 and removes
   };
   const auto& c = cases[GENERATE(range(std::size_t{0}, std::size_t{5}))];
   INFO(c.data.string());
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
-                                   postbox::test::queue_path(), "--data-dir", c.data.string(),
-                                   "--clients", busy};
-  child bad(argv);
-  std::vector<std::string> lines;
-  std::string line;
-  while (bad.read_line(line, 10s)) lines.push_back(line);
-  CHECK(bad.wait() == 2);
-  REQUIRE(lines.size() == 1);
-  CHECK(lines[0].find("Address already in use") != std::string::npos);
+  const auto bad = run_device_to_exit({"--data-dir", c.data.string(), "--clients", busy});
+  CHECK(bad.status == 2);
+  REQUIRE(bad.lines.size() == 1);
+  CHECK(bad.lines[0].find("Address already in use") != std::string::npos);
   if (!c.gone.empty()) CHECK_FALSE(fs::exists(c.gone));
   CHECK(fs::exists(c.kept));
 }
@@ -845,22 +855,14 @@ TEST_CASE("queue crash: a second device on the same data directory gets a clear 
     postbox::producer prod(ctx, ">" + first->endpoint("clients"), "jobs", producer_opts(10));
     REQUIRE(prod.send(postbox::message("job", "one")).ok);
   }
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null",
-                                   postbox::test::queue_path()};
-  for (const auto& a : device_args(data)) argv.push_back(a);
-  child second(argv);
-  std::vector<std::string> lines;
-  std::string line;
-  while (second.read_line(line, 10s)) lines.push_back(line);
-  const int rc = second.wait(5s);
-  if (rc < 0) second.kill(SIGKILL);
+  const auto second = run_device_to_exit(device_args(data));
   std::string text;
-  for (const auto& l : lines) text += l + "\n";
+  for (const auto& l : second.lines) text += l + "\n";
   INFO(text);
-  CHECK(rc == 2);
-  REQUIRE_FALSE(lines.empty());
-  CHECK(lines.back().rfind("postbox-queue: ", 0) == 0);
-  CHECK(lines.back().find(data.string()) != std::string::npos);
+  CHECK(second.status == 2);
+  REQUIRE_FALSE(second.lines.empty());
+  CHECK(second.lines.back().rfind("postbox-queue: ", 0) == 0);
+  CHECK(second.lines.back().find(data.string()) != std::string::npos);
   // The first device is unharmed.
   CHECK(control(ctx, first->endpoint("control"), "ping") == "pong");
 }
