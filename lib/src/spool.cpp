@@ -21,6 +21,7 @@
 #include <system_error>
 #include <thread>
 #include <unistd.h>
+#include <utility>
 
 namespace postbox {
 namespace detail {
@@ -240,10 +241,11 @@ class spool_writer {
   static std::size_t my_lane() noexcept;
   void recover();
   void run();
-  // Writes a batch; `deferred`: its sync is left to start_sync(), which the
+  // Writes a batch; true when its sync is left to start_sync(), which the
   // caller must call before complete().
-  void write_slot(slot& s, std::vector<position>& marks, bool force_sync, bool& deferred);
+  [[nodiscard]] bool write_slot(slot& s, std::vector<position>& marks, bool force_sync);
   bool complete(slot& s);  // false: not every entry was written
+  void report(slot& s);     // complete(), then the slot is empty for the next batch
   void finish_in_flight();  // waits for the in-flight batch's sync and reports it
   std::error_code roll();
   int sync_head();  // fdatasync of the head segment; a failure is the spool's fault
@@ -630,24 +632,17 @@ void spool_writer::run() {
     if (cur.callbacks || !marks.empty() || force_sync) {
       // A flush reports everything; a fault reports in order.
       if (force_sync || faulted_.load()) finish_in_flight();
-      bool deferred = false;
-      write_slot(cur, marks, force_sync, deferred);
-      if (deferred) {
+      if (write_slot(cur, marks, force_sync)) {
         // The one before is reported while this one's sync runs.
-        slot* before = in_flight_;
+        slot* before = std::exchange(in_flight_, &cur);
         (void)wait_sync();
         start_sync();
-        in_flight_ = &cur;
-        if (before != nullptr) {
-          (void)complete(*before);
-          before->parts.clear();
-        }
+        if (before != nullptr) report(*before);
       } else {
         finish_in_flight();
-        (void)complete(cur);
+        report(cur);
       }
     }
-    if (in_flight_ != &cur) cur.parts.clear();
     marks.clear();
     const auto now = steady::now();
     if (dirty_ && opts_.fsync != fsync_policy::never && now >= sync_due_ && !faulted_.load()) {
@@ -671,9 +666,12 @@ void spool_writer::run() {
 
 void spool_writer::finish_in_flight() {
   if (in_flight_ == nullptr) return;
-  slot& s = *in_flight_;
-  in_flight_ = nullptr;
+  slot& s = *std::exchange(in_flight_, nullptr);
   (void)wait_sync();
+  report(s);
+}
+
+void spool_writer::report(slot& s) {
   (void)complete(s);
   s.parts.clear();
 }
@@ -762,8 +760,7 @@ std::error_code spool_writer::roll() {
   return {};
 }
 
-void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_sync,
-                              bool& deferred) {
+bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_sync) {
   batch_parts& parts = s.parts;
   std::vector<flat_entry>& batch = s.flat;
   batch.clear();
@@ -776,7 +773,7 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
     for (auto& part : parts.entries)
       for (auto& en : part) batch.push_back({&en, nullptr, {}});
     s.first_mark_entry = batch.size();
-    return;
+    return false;
   }
   // Done marks become done records at the end of the batch.
   if (!carry_marks_.empty()) {
@@ -881,11 +878,13 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   const bool appended = std::min(written, first_mark_entry) > 0;
   if (opts_.fsync == fsync_policy::always && appended && !force_sync &&
       appended_bytes >= async_sync_bytes && have_sync_thread()) {
-    deferred = true;
-  } else if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) {
+    return true;
+  }
+  if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) {
     finish_in_flight();  // the batch before is reported now, not after this sync
     (void)sync_head();
   }
+  return false;
 }
 
 bool spool_writer::complete(slot& s) {
@@ -969,8 +968,7 @@ void spool_writer::reclaim_now() {
   }
   if (!restate.empty()) {
     slot none;
-    bool deferred = false;
-    write_slot(none, restate, true, deferred);
+    (void)write_slot(none, restate, true);  // forced: synced in line
     if (!complete(none)) return;
   }
   {
