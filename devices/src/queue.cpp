@@ -258,6 +258,8 @@ struct queue_device::impl {
     // Positions a redrive or a dead-lettering must not touch: a dead-letter
     // queue's deliveries in flight, and records being moved.
     std::unordered_set<std::uint64_t> busy;
+    // Messages acked by the frame being read, marked done together at its end.
+    std::vector<position> acked;
     // Read-ahead records and the memory they hold (their capacity, which
     // for a recycled buffer can exceed the record).
     std::size_t buffered = 0, buffered_bytes = 0;
@@ -972,16 +974,30 @@ struct queue_device::impl {
     if (!in.array(n)) return reject("malformed ack");
     for (std::uint32_t i = 0; i < n; ++i) {
       std::uint64_t tag = 0;
-      if (!in.uint(tag)) return reject("malformed ack");
+      if (!in.uint(tag)) {
+        mark_acked();  // the acks before it stand
+        return reject("malformed ack");
+      }
       if (find_flight(peer, tag) == nullptr) continue;
       flight f = take_flight(tag);
       ++f.q->st.acked;
-      finish_message(*f.q, f.e.pos, f.e.key);
+      finish_message(*f.q, f.e.pos, f.e.key, true);
       if (spare_records.size() < max_spares && f.e.record.capacity() <= max_spare_record) {
         spare_records.push_back(std::move(f.e.record));
       }
     }
+    mark_acked();
     touch(peer);
+  }
+
+  // Marks what on_ack collected: one call per queue, one lock and one
+  // wake-up of its spool's writer for the whole frame.
+  void mark_acked() {
+    for (queue* q : acked_queues) {
+      (void)q->messages->mark_done(q->acked);
+      q->acked.clear();
+    }
+    acked_queues.clear();
   }
 
   // ["nack", tag, delay_ms, reason] / ["rej", tag, reason]
@@ -1169,10 +1185,17 @@ struct queue_device::impl {
     if (reason == "expired") ++q.st.expired;
   }
 
-  // The message at `pos` is done (acked, dead-lettered, redriven): mark it,
-  // drop its attempt log, and let its key move on.
-  void finish_message(queue& q, position pos, const std::optional<std::string>& key) {
-    (void)q.messages->mark_done(pos);
+  // The message at `pos` is done (acked, dead-lettered, redriven): mark it
+  // (or, `batched`, leave it to mark_acked), drop its attempt log, and let
+  // its key move on.
+  void finish_message(queue& q, position pos, const std::optional<std::string>& key,
+                      bool batched = false) {
+    if (!batched) {
+      (void)q.messages->mark_done(pos);
+    } else {
+      if (q.acked.empty()) acked_queues.push_back(&q);
+      q.acked.push_back(pos);
+    }
     if (auto a = q.attempt_log.find(pos.to_u64()); a != q.attempt_log.end()) {
       (void)q.attempts->mark_done(a->second.record);
       q.attempt_log.erase(a);
@@ -1922,6 +1945,7 @@ struct queue_device::impl {
   static constexpr std::size_t max_spare_record = 2048;
   std::vector<std::unordered_map<std::uint64_t, flight>::node_type> spare_flights;
   std::vector<std::string> spare_records;
+  std::vector<queue*> acked_queues;  // those with positions in `acked` (on_ack)
   std::uint64_t tag_base = 0, next_tag = 0;
   dedup_table dedup;
   // Ids in `dedup` whose first copy is still being appended: few (the

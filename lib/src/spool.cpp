@@ -151,6 +151,7 @@ class spool_writer {
 
   append_status append(std::string_view payload, append_callback cb);
   done_status mark_done(position p);
+  std::size_t mark_done(std::span<const position> ps);
   std::error_code flush();
   void request_reclaim();
   std::error_code fault() const {
@@ -167,6 +168,8 @@ class spool_writer {
   recovery_report report_;
 
  private:
+  done_status mark_locked(position p, bool& full);
+  void queue_marks(std::span<const position> ps, bool full);
   struct entry {
     std::uint32_t size;  // framed bytes in the batch buffer
     bool data;           // false: a done record the writer made
@@ -512,27 +515,53 @@ append_status spool_writer::append(std::string_view payload, append_callback cb)
   return append_status::queued;
 }
 
+// Under state_->mu: marks `p` done in the index. `full` becomes true when
+// that completes a segment other than the head (it can be deleted).
+done_status spool_writer::mark_locked(position p, bool& full) {
+  const auto it = state_->segments.find(p.segment);
+  if (it == state_->segments.end()) return done_status::unknown_position;
+  segment_index& s = it->second;
+  const std::size_t k = s.find(p.offset);
+  if (k == s.offsets.size() || s.offsets[k] != p.offset) return done_status::unknown_position;
+  if (s.is_done(k)) return done_status::already_done;
+  s.set_done(k);
+  ++s.done;
+  if (s.fully_done() && p.segment != state_->head) full = true;
+  return done_status::ok;
+}
+
 done_status spool_writer::mark_done(position p) {
   bool full = false;
   {
     std::lock_guard lk(state_->mu);
-    const auto it = state_->segments.find(p.segment);
-    if (it == state_->segments.end()) return done_status::unknown_position;
-    segment_index& s = it->second;
-    const std::size_t k = s.find(p.offset);
-    if (k == s.offsets.size() || s.offsets[k] != p.offset) return done_status::unknown_position;
-    if (s.is_done(k)) return done_status::already_done;
-    s.set_done(k);
-    ++s.done;
-    full = s.fully_done() && p.segment != state_->head;
+    if (const auto st = mark_locked(p, full); st != done_status::ok) return st;
   }
+  queue_marks(std::span<const position>(&p, 1), full);
+  return done_status::ok;
+}
+
+std::size_t spool_writer::mark_done(std::span<const position> ps) {
+  std::vector<position> marked;
+  marked.reserve(ps.size());
+  bool full = false;
+  {
+    std::lock_guard lk(state_->mu);
+    for (const position p : ps)
+      if (mark_locked(p, full) == done_status::ok) marked.push_back(p);
+  }
+  if (!marked.empty()) queue_marks(marked, full);
+  return marked.size();
+}
+
+// Hands newly marked positions to the writer, which writes their done
+// records with its next batch.
+void spool_writer::queue_marks(std::span<const position> ps, bool full) {
   {
     std::lock_guard lk(qmu_);
-    marks_.push_back(p);
+    marks_.insert(marks_.end(), ps.begin(), ps.end());
     if (full) reclaim_req_ = true;
   }
   writer_cv_.notify_one();
-  return done_status::ok;
 }
 
 std::error_code spool_writer::flush() {
@@ -1007,6 +1036,8 @@ append_outcome spool::append_and_wait(std::string_view payload) {
 }
 
 done_status spool::mark_done(position p) { return impl_->mark_done(p); }
+
+std::size_t spool::mark_done(std::span<const position> ps) { return impl_->mark_done(ps); }
 
 bool spool::is_done(position p) const {
   const auto& st = *impl_->state_;

@@ -270,6 +270,39 @@ TEST_CASE("spool: done marks survive reopen, and only_pending cursors skip done 
   CHECK(read_all(s).size() == 10);  // done records are still readable until deleted
 }
 
+TEST_CASE("spool: mark_done of many positions marks each new one once and counts them; "
+          "a segment it completes is deleted, and the marks survive reopen",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  std::vector<position> pos;
+  const std::string p(100, 'b');
+  {
+    postbox::spool s(dir.path(), {.segment_size = 1024});
+    for (int i = 0; i < 20; ++i) pos.push_back(s.append_and_wait(p).pos);  // segments 1, 2, 3
+    REQUIRE(s.segments() == std::vector<std::uint32_t>{1, 2, 3});
+    REQUIRE(s.mark_done(pos[2]) == postbox::done_status::ok);
+    // Segment 1 whole (pos[2] already done), one of segment 2, an unknown
+    // position, and a repeat within the batch.
+    std::vector<position> batch(pos.begin(), pos.begin() + 9);
+    batch.push_back(pos[12]);
+    batch.push_back({pos[12].segment, pos[12].offset + 1});
+    batch.push_back(pos[12]);
+    CHECK(s.mark_done(batch) == 9);  // 0..8 but 2, and 12
+    CHECK(s.mark_done(std::vector<position>{}) == 0);
+    CHECK(s.mark_done(std::vector<position>{pos[0], pos[12]}) == 0);
+    for (int i = 0; i < 20; ++i)
+      CHECK(s.is_done(pos[static_cast<std::size_t>(i)]) == (i <= 8 || i == 12));
+    // The completed segment goes without a reclaim() call.
+    CHECK(postbox::test::wait_until([&] { return !exists(dir, "00000001.log"); }));
+    CHECK(!s.flush());
+  }
+  postbox::spool s(dir.path());
+  CHECK(s.recovery().pending == 10);
+  CHECK(s.is_done(pos[12]));
+  CHECK(!s.is_done(pos[11]));
+  CHECK(read_all(s, {}, true).front().first == pos[9]);
+}
+
 TEST_CASE("spool: under always, a batch of done records alone is written but not synced; "
           "the next append's sync, or the close, covers it",
           "[unit][spool]") {

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -187,6 +188,10 @@ class spool {
   /// fsync_interval (a crash or power loss before that makes it pending again). Segments whose
   /// records are all done are deleted as retention allows. Never throws.
   [[nodiscard]] done_status mark_done(position p);
+  /// mark_done() for many records at once, under one lock and with one
+  /// wake-up of the writer; returns how many were marked (the rest were
+  /// already done or unknown). For a consumer acking in batches.
+  std::size_t mark_done(std::span<const position> ps);
   /// Whether the data record at `p` is done (false for unknown positions).
   [[nodiscard]] bool is_done(position p) const;
 
