@@ -93,7 +93,15 @@ int fd_checking_fdatasync(int fd) {
   if (::fstat(fd, &after) != 0 || after.st_ino != before.st_ino) ++fd_changed;
   return ::fdatasync(fd);
 }
+// The thread of the first tracked write of records (past a segment's
+// header, which the opening thread writes): the spool's writer.
+std::atomic<std::thread::id> writer_thread{};
+std::atomic<std::uint64_t> expected_end{0};  // where the test's last record ends
 ssize_t tracking_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
+  if (off >= static_cast<off_t>(postbox::detail::spool_format::segment_header_size)) {
+    std::thread::id none{};
+    writer_thread.compare_exchange_strong(none, std::this_thread::get_id());
+  }
   if (syncing.load()) ++writes_during_sync;
   const ssize_t w = ::pwrite(fd, buf, n, off);
   if (w > 0) {
@@ -104,10 +112,29 @@ ssize_t tracking_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
   }
   return w;
 }
+// A sync made off the writer thread (the pipelined one) waits, up to 10 s,
+// until the appending threads have queued records not yet written (or have
+// finished), and then up to 200 ms for the writer to write some of them
+// while this sync runs. So however the machine schedules the appending
+// threads, a writer that pipelines gets its chance in every such sync. (It
+// may have written the next batch already, between asking for this sync
+// and the sync thread getting here: then it waits for this sync before it
+// writes again, and the next sync gives the next chance.)
+std::atomic<std::uint64_t> queued_end{0};  // where the records queued so far end
 int slow_tracking_fdatasync(int fd) {
   const std::uint64_t covered = written_end.load();
   syncing = true;
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (const auto writer = writer_thread.load();
+      writer != std::thread::id{} && std::this_thread::get_id() != writer) {
+    const auto wait = [](auto done, int ms = 10'000) {
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+      while (!done() && std::chrono::steady_clock::now() < give_up)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    };
+    wait([] { return queued_end.load() > written_end.load() || queued_end.load() >= expected_end.load(); });
+    if (queued_end.load() > written_end.load()) wait([] { return writes_during_sync.load() > 0; }, 200);
+  }
   const int rc = ::fdatasync(fd);
   syncing = false;
   if (rc == 0) {
@@ -281,11 +308,12 @@ TEST_CASE("spool: mark_done of many positions marks each new one once and counts
     for (int i = 0; i < 20; ++i) pos.push_back(s.append_and_wait(p).pos);  // segments 1, 2, 3
     REQUIRE(s.segments() == std::vector<std::uint32_t>{1, 2, 3});
     REQUIRE(s.mark_done(pos[2]) == postbox::done_status::ok);
-    // Segment 1 whole (pos[2] already done), one of segment 2, an unknown
-    // position, and a repeat within the batch.
+    // Segment 1 whole (pos[2] already done), one of segment 2, two unknown
+    // positions, and a repeat within the batch.
     std::vector<position> batch(pos.begin(), pos.begin() + 9);
     batch.push_back(pos[12]);
     batch.push_back({pos[12].segment, pos[12].offset + 1});
+    batch.push_back({99, 24});  // no such segment
     batch.push_back(pos[12]);
     CHECK(s.mark_done(batch) == 9);  // 0..8 but 2, and 12
     CHECK(s.mark_done(std::vector<position>{}) == 0);
@@ -615,12 +643,16 @@ TEST_CASE("spool: under always, a large batch's fdatasync runs while the next ba
   written_end = 0;
   durable_end = 0;
   writes_during_sync = 0;
+  writer_thread = std::thread::id{};
   postbox::detail::spool_io_calls().pwrite = &tracking_pwrite;
   postbox::detail::spool_io_calls().fdatasync = &slow_tracking_fdatasync;
-  // 12 MB from 4 threads: more than the 8 MiB the spool queues, so at least
-  // two batches, each well over the size whose sync runs on its own thread.
+  // 12 MB from 4 threads, at most 1 MiB queued: a dozen batches or more,
+  // most of them large enough for the sync thread.
   constexpr int threads = 4, each = 3000;
-  postbox::spool s(dir.path(), {.segment_size = 64u << 20});
+  expected_end = postbox::detail::spool_format::segment_header_size +
+                 std::uint64_t{threads} * each * (1000 + postbox::detail::spool_format::record_header_size);
+  queued_end = postbox::detail::spool_format::segment_header_size;
+  postbox::spool s(dir.path(), {.segment_size = 64u << 20, .max_queued_bytes = 1u << 20});
   std::mutex mu;
   std::vector<std::pair<position, std::string>> reported;
   std::atomic<int> early{0}, failed{0}, outcomes{0};
@@ -642,6 +674,7 @@ TEST_CASE("spool: under always, a large batch's fdatasync runs while the next ba
           ++outcomes;
         });
         if (st != postbox::append_status::queued) ++failed, ++outcomes;
+        else queued_end += framed;
       }
     });
   for (auto& t : ts) t.join();

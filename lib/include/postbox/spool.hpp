@@ -186,12 +186,16 @@ class spool {
   /// Marks the data record at `p` done. In memory at once; written in the
   /// next batch and synced with the next append, flush or close, or after
   /// fsync_interval (a crash or power loss before that makes it pending again). Segments whose
-  /// records are all done are deleted as retention allows. Never throws.
+  /// records are all done are deleted as retention allows. Never throws
+  /// (except std::bad_alloc, after which the mark may be in memory only:
+  /// pending again after a reopen).
   [[nodiscard]] done_status mark_done(position p);
   /// mark_done() for many records at once, under one lock and with one
   /// wake-up of the writer; returns how many were marked (the rest were
-  /// already done or unknown). For a consumer acking in batches.
-  std::size_t mark_done(std::span<const position> ps);
+  /// already done, unknown, or repeats within `ps`). For acks that come in
+  /// batches. std::bad_alloc as for one record; when it comes before any
+  /// marking, nothing is marked.
+  [[nodiscard]] std::size_t mark_done(std::span<const position> ps);
   /// Whether the data record at `p` is done (false for unknown positions).
   [[nodiscard]] bool is_done(position p) const;
 
