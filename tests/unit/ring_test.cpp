@@ -16,7 +16,7 @@ TEST_CASE("ring: agrees with std::deque through pushes at both ends, pops, growt
   std::mt19937 rng(GENERATE(7u, 8u));
   ring<std::string> r;
   std::deque<std::string> ref;
-  std::size_t largest = 0;
+  std::size_t largest = 0, peak = 0;  // peak: the most held since the last shrink
   for (int step = 0; step < 200'000; ++step) {
     // Phases that mostly grow, then mostly drain, so that both resizes happen.
     const bool growing = (step / 20'000) % 2 == 0;
@@ -38,14 +38,20 @@ TEST_CASE("ring: agrees with std::deque through pushes at both ends, pops, growt
     REQUIRE(r.size() == ref.size());
     REQUIRE(r.empty() == ref.empty());
     largest = std::max(largest, ref.size());
+    peak = std::max(peak, ref.size());
     if (step % 997 == 0) {
       for (std::size_t i = 0; i < ref.size(); ++i) REQUIRE(r[i] == ref[i]);
       if (!ref.empty()) CHECK(r.back() == ref.back());
     }
     CHECK(r.capacity() >= r.size());
     if (step % 5000 == 0) {
+      const std::size_t before = r.capacity();
       r.shrink();
-      CHECK((r.capacity() <= 16 || r.size() * 4 >= r.capacity()));
+      // Halved only while the interval's peak would fill under a quarter.
+      CHECK((r.capacity() <= 16 || peak * 4 >= r.capacity()));
+      CHECK(r.capacity() >= peak);  // and never below it
+      if (before > 16 && peak * 4 < before) CHECK(r.capacity() < before);
+      peak = ref.size();
       for (std::size_t i = 0; i < ref.size(); ++i) REQUIRE(r[i] == ref[i]);
     }
   }
@@ -60,6 +66,20 @@ TEST_CASE("ring: agrees with std::deque through pushes at both ends, pops, growt
     ref.pop_front();
   }
   CHECK(r.capacity() > 1000);
+  // Asked while empty but after an interval that used the room: it keeps it.
+  const std::size_t busy = r.capacity();
+  r.shrink();
+  CHECK(r.capacity() == busy);
+  // After an interval that used none of it, it gives it back.
+  r.shrink();
+  CHECK(r.capacity() == 16);
+  // A peak of 100 grows it to 128 slots, which the next shrink keeps.
+  for (int i = 0; i < 100; ++i) r.push_back("again");
+  for (int i = 0; i < 100; ++i) r.pop_front();
+  const std::size_t grown = r.capacity();
+  CHECK(grown == 128);
+  r.shrink();
+  CHECK(r.capacity() == 128);
   r.shrink();
   CHECK(r.capacity() == 16);
 }

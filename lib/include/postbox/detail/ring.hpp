@@ -8,7 +8,11 @@
 // owner asks it to shrink, and a popped slot is reset to T() at once, so
 // that it holds on to nothing. Shrinking is left to the owner (say once a
 // second) because these queues fill and drain many times a second: halving
-// as they drain would copy them back and forth each time.
+// as they drain would copy them back and forth each time. For the same
+// reason a shrink goes by the most the ring held since the last one, not by
+// what it holds at that moment: a ring that is busy, but happens to be
+// empty when asked, keeps its room (growing again means new pages, which on
+// a virtual machine cost microseconds each to touch).
 #pragma once
 
 #include <cstddef>
@@ -36,24 +40,27 @@ class ring {
   void push_back(T v) {
     if (size_ == slots_.size()) resize(slots_.empty() ? min_capacity : slots_.size() * 2);
     slots_[(head_ + size_) & mask()] = std::move(v);
-    ++size_;
+    if (++size_ > peak_) peak_ = size_;
   }
   void push_front(T v) {
     if (size_ == slots_.size()) resize(slots_.empty() ? min_capacity : slots_.size() * 2);
     head_ = (head_ + slots_.size() - 1) & mask();
     slots_[head_] = std::move(v);
-    ++size_;
+    if (++size_ > peak_) peak_ = size_;
   }
   void pop_front() {
     slots_[head_] = T();
     head_ = (head_ + 1) & mask();
     --size_;
   }
-  /// Halves the array while it is under a quarter full (down to 16 slots).
-  /// Best effort: without memory for the smaller array it keeps the old one.
+  /// Halves the array while the most it held since the last shrink()
+  /// would fill under a quarter of it (down to 16 slots); then starts
+  /// counting that most again from the present size. Best effort: without
+  /// memory for the smaller array it keeps the old one.
   void shrink() noexcept {
     std::size_t capacity = slots_.size();
-    while (capacity > min_capacity && size_ * 4 < capacity) capacity /= 2;
+    while (capacity > min_capacity && peak_ * 4 < capacity) capacity /= 2;
+    peak_ = size_;
     if (capacity == slots_.size()) return;
     try {
       resize(capacity);
@@ -62,7 +69,7 @@ class ring {
   }
   void clear() {
     slots_.clear();
-    head_ = size_ = 0;
+    head_ = size_ = peak_ = 0;
   }
 
  private:
@@ -83,6 +90,7 @@ class ring {
   std::vector<T> slots_;
   std::size_t head_ = 0;
   std::size_t size_ = 0;
+  std::size_t peak_ = 0;  // the largest size_ since the last shrink()
 };
 
 }  // namespace postbox::detail
