@@ -637,15 +637,29 @@ TEST_CASE("spool: a segment roll waits for the sync thread's fdatasync of the ol
   CHECK(s.segments().size() == 6);
 }
 
+namespace {
+
+std::atomic<bool> held_sync{false}, written_while_held{false};  // holding_fdatasync
+std::atomic<std::uint64_t> first_end{0};
+
+// Every tracked counter back to its start, for a test using the hooks above.
+void reset_tracking() {
+  written_end = 0;
+  durable_end = 0;
+  writes_during_sync = 0;
+  writer_thread = std::thread::id{};
+  held_sync = false;
+  written_while_held = false;
+}
+
+}  // namespace
+
 TEST_CASE("spool: under always, a large batch's fdatasync runs while the next batch is "
           "written, and no record is reported before a sync that covers it has returned",
           "[unit][spool]") {
   postbox::test::temp_dir dir;
   io_guard guard;
-  written_end = 0;
-  durable_end = 0;
-  writes_during_sync = 0;
-  writer_thread = std::thread::id{};
+  reset_tracking();
   postbox::detail::spool_io_calls().pwrite = &tracking_pwrite;
   postbox::detail::spool_io_calls().fdatasync = &slow_tracking_fdatasync;
   // 12 MB from 4 threads, at most 1 MiB queued: a dozen batches or more,
@@ -698,10 +712,10 @@ TEST_CASE("spool: under always, a large batch's fdatasync runs while the next ba
   }
 }
 
+namespace {
+
 // Holds the sync thread's fdatasync until a record past the first one has
 // been written (or 5 s have passed), and says whether one was.
-std::atomic<bool> held_sync{false}, written_while_held{false};
-std::atomic<std::uint64_t> first_end{0};
 int holding_fdatasync(int fd) {
   if (const auto writer = writer_thread.load();
       writer != std::thread::id{} && std::this_thread::get_id() != writer) {
@@ -714,15 +728,14 @@ int holding_fdatasync(int fd) {
   return ::fdatasync(fd);
 }
 
+}  // namespace
+
 TEST_CASE("spool: under always, an append made while the writer waits on a running sync is "
           "written before that sync returns",
           "[unit][spool]") {
   postbox::test::temp_dir dir;
   io_guard guard;
-  written_end = 0;
-  writer_thread = std::thread::id{};
-  held_sync = false;
-  written_while_held = false;
+  reset_tracking();
   const std::string big(300 * 1024, 'b');  // large enough for the sync thread
   first_end = ~std::uint64_t{0};
   postbox::detail::spool_io_calls().pwrite = &tracking_pwrite;
