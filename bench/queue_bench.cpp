@@ -608,10 +608,11 @@ e2e_result run_latency(const config& cfg, double rate, int consumers) {
               d.confirmation.samples);
   std::printf("  %-22s %llu of %llu sends were more than 1 ms behind the schedule\n", "pacing",
               static_cast<unsigned long long>(d.late_sends), static_cast<unsigned long long>(n));
-  std::printf("  %-22s %zu over 2 ms, %.1f%% of the run, longest %.1f ms: from them alone a p99 of %.2f ms\n"
+  std::printf("  %-22s %zu over 2 ms, %.1f%% of the run, longest %.1f ms, median %.0f ms apart: from them alone a p99 of %.2f ms\n"
               "  %-22s (a %s thread sleeping 1 ms at a time, woken that late: %s)\n\n",
               "machine stalls", d.stalls.stalls, 100 * d.stalls.share, d.stalls.longest_ms,
-              d.stalls.floor_p99_ms, "", d.stalls.real_time ? "real-time" : "normal-priority",
+              d.stalls.median_period_ms, d.stalls.floor_p99_ms, "",
+              d.stalls.real_time ? "real-time" : "normal-priority",
               d.stalls.real_time ? "the machine's own pauses"
                                  : "pauses, and waits for a CPU; run as root for pauses alone");
   return d;

@@ -27,6 +27,10 @@ struct stall_summary {
   /// The p99 wait of an event arriving at a random moment, from the stalls
   /// alone: one arriving during a stall waits for it to end.
   double floor_p99_ms = 0;
+  /// The median time from one stall's start to the next one's (0: fewer
+  /// than two stalls). A steady period (here: 100 ms) is the mark of a
+  /// CPU quota on the host, not of random noise.
+  double median_period_ms = 0;
   /// False when real-time priority was refused: the stalls then include
   /// waiting for a CPU behind the benchmark's own threads.
   bool real_time = false;
@@ -51,6 +55,12 @@ class stall_probe {
     double total = 0;
     for (const double l : late_ms_) total += l, s.longest_ms = std::max(s.longest_ms, l);
     s.stalls = late_ms_.size();
+    if (started_ms_.size() >= 2) {
+      std::vector<double> gaps;
+      for (std::size_t i = 1; i < started_ms_.size(); ++i) gaps.push_back(started_ms_[i] - started_ms_[i - 1]);
+      std::nth_element(gaps.begin(), gaps.begin() + static_cast<std::ptrdiff_t>(gaps.size() / 2), gaps.end());
+      s.median_period_ms = gaps[gaps.size() / 2];
+    }
     if (probed_ms_ <= 0) return s;
     s.share = total / probed_ms_;
     // The wait left in a stall of length L at a random moment in it is
@@ -83,13 +93,17 @@ class stall_probe {
       const auto t0 = clock::now();
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
       const double late = ms(clock::now() - t0) - 1.0;
-      if (late > 2.0) late_ms_.push_back(late);
+      if (late > 2.0) {
+        late_ms_.push_back(late);
+        started_ms_.push_back(ms(t0 - start_) + 1.0);  // when it should have woken
+      }
     }
   }
 
   clock::time_point start_;
   std::atomic<bool> stop_{false};
-  std::vector<double> late_ms_;  // probe thread until stop() joins it
+  std::vector<double> late_ms_;     // probe thread until stop() joins it
+  std::vector<double> started_ms_;  // each stall's start, ms into the probe; likewise
   double probed_ms_ = 0;
   bool real_time_ = false;  // written by the probe thread before stop() joins it
   std::thread thread_;  // last: starts after everything above exists
