@@ -299,10 +299,11 @@ class spool_writer {
 
   std::mutex sync_mu_;
   std::condition_variable sync_cv_;
-  // Under sync_mu_ (sync_started_ is written by the writer thread only, which
-  // may read it without the lock).
-  std::uint64_t sync_started_ = 0, sync_finished_ = 0;
-  std::atomic<std::uint64_t> syncs_returned_{0};  // sync_finished_, for the writer's wait
+  // Written under sync_mu_. sync_started_ is written by the writer thread
+  // only, which may read it without the lock; sync_finished_ is atomic for
+  // the writer's wait under qmu_ (run()).
+  std::uint64_t sync_started_ = 0;
+  std::atomic<std::uint64_t> sync_finished_{0};
   int sync_fd_ = -1, sync_result_ = 0;                  // under sync_mu_
   bool sync_stop_ = false;
   std::thread sync_thread_;
@@ -545,7 +546,10 @@ done_status spool_writer::mark_done(position p) {
 
 std::size_t spool_writer::mark_done(std::span<const position> ps) {
   if (ps.empty()) return 0;
-  std::vector<position> marked;
+  // The newly marked ones; kept per thread, so that a caller marking a
+  // frame of acks at a time allocates only when its frames grow.
+  thread_local std::vector<position> marked;
+  marked.clear();
   marked.reserve(ps.size());
   bool full = false;
   {
@@ -631,7 +635,7 @@ void spool_writer::run() {
       // Nothing to write yet: wait for the running sync to return (then
       // report its batch), or for appends, which are written meanwhile.
       const std::uint64_t started = sync_started_;  // written by this thread only
-      writer_cv_.wait(lk, [&] { return ready() || syncs_returned_.load() == started; });
+      writer_cv_.wait(lk, [&] { return ready() || sync_finished_.load() == started; });
       if (!ready()) {
         lk.unlock();
         finish_in_flight();
@@ -769,7 +773,6 @@ void spool_writer::sync_loop() {
     sync_finished_ = ticket;
     sync_cv_.notify_all();
     // The writer may be waiting for this, or for appends (run()).
-    syncs_returned_.store(ticket);
     lk.unlock();
     { std::lock_guard g(qmu_); }
     writer_cv_.notify_one();
