@@ -321,6 +321,7 @@ struct e2e_result {
   std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
   double cpu_cores = 0;          // the process's CPU time over the run's wall time
   double loop_ns_per_msg = 0;    // the device loop thread's CPU time per message
+  double frames_per_kmsg = 0;    // frames the device read (publish batches, acks, takes) per 1,000 messages
   percentiles delivery, confirmation;
   postbox::bench::stall_summary stalls;  // paced only: the machine's own, in the same run
   std::vector<percentiles> timeline;  // --timeline: the first consumer's, per 1/4 s
@@ -472,6 +473,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   const std::int64_t start_ns = now_ns();
   const double cpu_start = process_cpu_seconds();
   const double loop_start = dev.loop_cpu_seconds();
+  const std::uint64_t frames_start = json_field(dev.stats(), "frames_in").value_or(0);
   go_ns = start_ns;
   go = true;
   go.notify_all();
@@ -533,6 +535,8 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   r.bad = bad.load() + warm_up_failed.load();
   r.warm_ups = warm_ups.load();
   r.late_sends = late.load();
+  r.frames_per_kmsg = static_cast<double>(json_field(js, "frames_in").value_or(frames_start) - frames_start) *
+                      1000.0 / static_cast<double>(n);
   r.device_enqueued = json_field(js, "enqueued", queue_name).value_or(0);
   r.device_acked = json_field(js, "acked", queue_name).value_or(0);
   r.device_depth = json_field(js, "depth", queue_name).value_or(0);
@@ -571,11 +575,13 @@ void print_e2e(const char* what, const e2e_result& r) {
               static_cast<unsigned long long>(r.redelivered), static_cast<unsigned long long>(r.bad),
               r.complete ? "" : "  INCOMPLETE");
   std::printf("  %-22s device (incl. %llu warm-up): enqueued %llu acked %llu depth %llu dedup-hits %llu, "
-              "append->durable p50 %llu us max %llu us; CPU %.2f cores, device loop %.0f ns/msg\n",
+              "append->durable p50 %llu us max %llu us; CPU %.2f cores, device loop %.0f ns/msg, "
+              "%.1f frames in per 1,000 msg\n",
               "", static_cast<unsigned long long>(r.warm_ups), static_cast<unsigned long long>(r.device_enqueued),
               static_cast<unsigned long long>(r.device_acked), static_cast<unsigned long long>(r.device_depth),
               static_cast<unsigned long long>(r.device_dup), static_cast<unsigned long long>(r.fsync_p50_us),
-              static_cast<unsigned long long>(r.fsync_max_us), r.cpu_cores, r.loop_ns_per_msg);
+              static_cast<unsigned long long>(r.fsync_max_us), r.cpu_cores, r.loop_ns_per_msg,
+              r.frames_per_kmsg);
   for (std::size_t i = 0; i < r.timeline.size(); ++i) {
     const auto& w = r.timeline[i];
     std::printf("  %-22s %5.2f s  p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (first consumer)\n",

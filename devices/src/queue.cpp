@@ -62,6 +62,8 @@ constexpr std::size_t max_batch_bytes = 64 * 1024;
 // A "dlv" beside its envelope and queue name: array and string headers, the
 // command, the tag and the attempt count (an upper bound).
 constexpr std::size_t dlv_overhead = 32;
+// Ready messages one consumer takes in a row when several have credit (dispatch).
+constexpr std::size_t max_run = 64;
 constexpr std::uint64_t max_delay_ms = 365ull * 24 * 3600 * 1000;
 constexpr std::size_t max_redrive_per_request = 10'000;  // one request holds the loop this long at most
 
@@ -267,6 +269,7 @@ struct queue_device::impl {
     // until erased; lose_consumer() takes one out of here first.
     std::vector<consumer_state*> consumers;
     std::size_t next_consumer = 0;
+    std::size_t run = 0;  // picks in a row of the consumer just before next_consumer
     queue_stats st;
     std::vector<std::uint32_t> fsync_samples;  // ring of append-to-durable times, us
     std::size_t fsync_next = 0;
@@ -1329,8 +1332,15 @@ struct queue_device::impl {
     }
   }
 
-  // Hands ready messages to consumers with credit, round-robin.
+  // Hands ready messages to consumers with credit, round-robin in runs:
+  // with many ready, each consumer in turn takes a fair share of them (at
+  // most max_run) in a row. Its delivery batch, its acks and the spool's
+  // done marks then cover neighbouring records rather than every n-th one,
+  // which costs the loop markedly less per message.
   void dispatch(queue& q) {
+    const std::size_t share =
+        q.consumers.empty() ? 1 : std::clamp<std::size_t>(q.ready.size() / q.consumers.size(), 1, max_run);
+    q.run = share;  // each call starts with the next consumer in the round
     while (!q.ready.empty()) {
       entry& head = q.ready.front();
       // A dead letter can be redriven away while it waits here (a source
@@ -1346,7 +1356,7 @@ struct queue_device::impl {
         dead_letter(q, std::move(e), "expired");
         continue;
       }
-      consumer_state* c = next_consumer(q);
+      consumer_state* c = next_consumer(q, share);
       if (c == nullptr) {
         if (&q == plain_queue && plain_out && deliver_plain(q)) continue;
         return;
@@ -1370,14 +1380,28 @@ struct queue_device::impl {
     return e;
   }
 
-  consumer_state* next_consumer(queue& q) {
+  // Credit in messages, and in bytes (but one delivery always goes).
+  bool has_credit(const consumer_state& c) const noexcept {
+    return c.in_flight < c.prefetch && (c.in_flight == 0 || c.in_flight_bytes < config.max_prefetch_bytes);
+  }
+
+  // The consumer for the message at the head of `ready`: the one picked
+  // last while its run is shorter than `share` and it has credit, else the
+  // next one in the round with credit; null when none has any.
+  consumer_state* next_consumer(queue& q, std::size_t share) {
     const std::size_t n = q.consumers.size();
+    if (n == 0) return nullptr;
+    if (q.run < share) {
+      if (consumer_state* last = q.consumers[(q.next_consumer + n - 1) % n]; has_credit(*last)) {
+        ++q.run;
+        return last;
+      }
+    }
     for (std::size_t i = 0; i < n; ++i) {
       consumer_state* c = q.consumers[(q.next_consumer + i) % n];
-      // Credit in messages, and in bytes (but one delivery always goes).
-      if (c->in_flight < c->prefetch &&
-          (c->in_flight == 0 || c->in_flight_bytes < config.max_prefetch_bytes)) {
+      if (has_credit(*c)) {
         q.next_consumer = (q.next_consumer + i + 1) % n;
+        q.run = 1;
         return c;
       }
     }

@@ -787,6 +787,64 @@ TEST_CASE("queue: a consumer that leaves hands its unacked deliveries to another
   CHECK_FALSE(staying.receive(300ms));
 }
 
+TEST_CASE("queue: with many messages ready, consumers take them in runs of neighbours, and "
+          "each takes its share",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, base_config(dir, test::transport_kind::tcp));
+  control ctl(ctx, dev);
+  const consumer_options opts{.socket = {}, .prefetch = 2'000, .heartbeat = 500ms};
+  consumer a(ctx, dev.clients(), {"jobs"}, opts);
+  consumer b(ctx, dev.clients(), {"jobs"}, opts);
+  REQUIRE(ctl.wait_field("consumers", {}, 2));
+
+  // Sent as fast as the producer goes: it batches up to 64 to a frame, so
+  // the device finds many durable at once.
+  constexpr int n = 2'000;
+  producer p(ctx, dev.clients(), "jobs", producer_options{.socket = {}, .window = 2'000});
+  int confirmed = 0;
+  for (int i = 0; i < n; ++i) {
+    p.send_async(message("work", std::to_string(i)), [&confirmed](const confirm& c) { confirmed += c.ok; });
+  }
+  REQUIRE(p.flush(deadline));
+  REQUIRE(confirmed == n);
+
+  // Which consumer got each message; both ack all they get.
+  std::vector<int> taker(n, -1);
+  int got = 0;
+  const auto give_up = steady::now() + deadline;
+  while (got < n && steady::now() < give_up) {
+    int index = 0;
+    for (consumer* c : {&a, &b}) {
+      while (auto d = c->receive(0ms)) {
+        const int i = std::stoi(std::string(d->msg.payload()));
+        REQUIRE(i >= 0);
+        REQUIRE(i < n);
+        CHECK(taker[static_cast<std::size_t>(i)] == -1);  // delivered once
+        taker[static_cast<std::size_t>(i)] = index;
+        ++got;
+        c->ack(*d);
+      }
+      ++index;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(got == n);
+  CHECK(ctl.wait_field("depth", "jobs", 0));
+
+  // One at a time in turn, no message would go to the consumer that took the
+  // one sent before it (both always have credit here). In runs, most do.
+  int same = 0;
+  for (std::size_t i = 1; i < taker.size(); ++i) same += taker[i] == taker[i - 1];
+  INFO("neighbours delivered to one consumer: " << same << " of " << n - 1);
+  CHECK(same >= (n - 1) / 2);
+  const auto to_a = std::count(taker.begin(), taker.end(), 0);
+  INFO("consumer a took " << to_a << " of " << n);
+  CHECK(to_a >= n / 4);
+  CHECK(to_a <= n - n / 4);
+}
+
 // A consumer that asks for far more credit than the tests' devices give.
 consumer greedy_consumer(context& ctx, running_device& dev) {
   return consumer(ctx, dev.clients(), {"jobs"},
