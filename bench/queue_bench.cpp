@@ -321,7 +321,7 @@ struct e2e_result {
   std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
   double cpu_cores = 0;          // the process's CPU time over the run's wall time
   double loop_ns_per_msg = 0;    // the device loop thread's CPU time per message
-  double frames_per_kmsg = 0;    // frames the device read (publish batches, acks, takes) per 1,000 messages
+  double frames_per_kmsg = 0;    // frames the device read per 1,000 messages (0: unknown)
   percentiles delivery, confirmation;
   postbox::bench::stall_summary stalls;  // paced only: the machine's own, in the same run
   std::vector<percentiles> timeline;  // --timeline: the first consumer's, per 1/4 s
@@ -470,10 +470,11 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
     while (producers_up.load() < producers && clock_type::now() < give_up)
       std::this_thread::sleep_for(milliseconds(1));
   }
+  // Asked before the clock starts: the control round trip is not timed.
+  const auto frames_start = json_field(dev.stats(), "frames_in");
   const std::int64_t start_ns = now_ns();
   const double cpu_start = process_cpu_seconds();
   const double loop_start = dev.loop_cpu_seconds();
-  const std::uint64_t frames_start = json_field(dev.stats(), "frames_in").value_or(0);
   go_ns = start_ns;
   go = true;
   go.notify_all();
@@ -535,8 +536,8 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   r.bad = bad.load() + warm_up_failed.load();
   r.warm_ups = warm_ups.load();
   r.late_sends = late.load();
-  r.frames_per_kmsg = static_cast<double>(json_field(js, "frames_in").value_or(frames_start) - frames_start) *
-                      1000.0 / static_cast<double>(n);
+  if (const auto frames_end = json_field(js, "frames_in"); frames_start && frames_end)
+    r.frames_per_kmsg = static_cast<double>(*frames_end - *frames_start) * 1000.0 / static_cast<double>(n);
   r.device_enqueued = json_field(js, "enqueued", queue_name).value_or(0);
   r.device_acked = json_field(js, "acked", queue_name).value_or(0);
   r.device_depth = json_field(js, "depth", queue_name).value_or(0);

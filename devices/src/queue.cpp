@@ -269,7 +269,6 @@ struct queue_device::impl {
     // until erased; lose_consumer() takes one out of here first.
     std::vector<consumer_state*> consumers;
     std::size_t next_consumer = 0;
-    std::size_t run = 0;  // picks in a row of the consumer just before next_consumer
     queue_stats st;
     std::vector<std::uint32_t> fsync_samples;  // ring of append-to-durable times, us
     std::size_t fsync_next = 0;
@@ -1336,11 +1335,13 @@ struct queue_device::impl {
   // with many ready, each consumer in turn takes a fair share of them (at
   // most max_run) in a row. Its delivery batch, its acks and the spool's
   // done marks then cover neighbouring records rather than every n-th one,
-  // which costs the loop markedly less per message.
+  // which costs the loop markedly less per message. A run never continues
+  // into the next call: each call starts with the next consumer in the round.
   void dispatch(queue& q) {
     const std::size_t share =
-        q.consumers.empty() ? 1 : std::clamp<std::size_t>(q.ready.size() / q.consumers.size(), 1, max_run);
-    q.run = share;  // each call starts with the next consumer in the round
+        q.consumers.empty() ? 1
+                            : std::clamp<std::size_t>(q.ready.size() / q.consumers.size(), 1, max_run);
+    std::size_t run = share;  // picks in a row of the consumer picked last
     while (!q.ready.empty()) {
       entry& head = q.ready.front();
       // A dead letter can be redriven away while it waits here (a source
@@ -1356,7 +1357,7 @@ struct queue_device::impl {
         dead_letter(q, std::move(e), "expired");
         continue;
       }
-      consumer_state* c = next_consumer(q, share);
+      consumer_state* c = next_consumer(q, share, run);
       if (c == nullptr) {
         if (&q == plain_queue && plain_out && deliver_plain(q)) continue;
         return;
@@ -1382,18 +1383,21 @@ struct queue_device::impl {
 
   // Credit in messages, and in bytes (but one delivery always goes).
   bool has_credit(const consumer_state& c) const noexcept {
-    return c.in_flight < c.prefetch && (c.in_flight == 0 || c.in_flight_bytes < config.max_prefetch_bytes);
+    return c.in_flight < c.prefetch &&
+           (c.in_flight == 0 || c.in_flight_bytes < config.max_prefetch_bytes);
   }
 
   // The consumer for the message at the head of `ready`: the one picked
-  // last while its run is shorter than `share` and it has credit, else the
-  // next one in the round with credit; null when none has any.
-  consumer_state* next_consumer(queue& q, std::size_t share) {
+  // last while `run` (its picks in a row) is under `share` and it has
+  // credit, else the next one in the round with credit; null when none has
+  // any. A pick whose delivery does not happen (deliver() sent a full batch
+  // first, or dropped an unreadable record) still counts toward the run.
+  consumer_state* next_consumer(queue& q, std::size_t share, std::size_t& run) {
     const std::size_t n = q.consumers.size();
     if (n == 0) return nullptr;
-    if (q.run < share) {
+    if (run < share) {
       if (consumer_state* last = q.consumers[(q.next_consumer + n - 1) % n]; has_credit(*last)) {
-        ++q.run;
+        ++run;
         return last;
       }
     }
@@ -1401,7 +1405,7 @@ struct queue_device::impl {
       consumer_state* c = q.consumers[(q.next_consumer + i) % n];
       if (has_credit(*c)) {
         q.next_consumer = (q.next_consumer + i + 1) % n;
-        q.run = 1;
+        run = 1;
         return c;
       }
     }

@@ -787,8 +787,41 @@ TEST_CASE("queue: a consumer that leaves hands its unacked deliveries to another
   CHECK_FALSE(staying.receive(300ms));
 }
 
-TEST_CASE("queue: with many messages ready, consumers take them in runs of neighbours, and "
-          "each takes its share",
+// Receives the deliveries of `taker.size()` messages (payloads "first",
+// "first + 1", ...) on `cs`, acking each, and notes which consumer took each.
+void take_all(const std::vector<consumer*>& cs, std::vector<int>& taker, int first) {
+  const int n = static_cast<int>(taker.size());
+  int got = 0;
+  const auto give_up = steady::now() + deadline;
+  while (got < n && steady::now() < give_up) {
+    for (std::size_t index = 0; index < cs.size(); ++index) {
+      while (auto d = cs[index]->receive(0ms)) {
+        const int i = std::stoi(std::string(d->msg.payload())) - first;
+        REQUIRE(i >= 0);
+        REQUIRE(i < n);
+        CHECK(taker[static_cast<std::size_t>(i)] == -1);  // delivered once
+        taker[static_cast<std::size_t>(i)] = static_cast<int>(index);
+        ++got;
+        cs[index]->ack(*d);
+      }
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(got == n);
+}
+
+// The most messages sent one after another that one consumer took.
+std::size_t longest_run(const std::vector<int>& taker) {
+  std::size_t longest = 0, run = 0;
+  for (std::size_t i = 0; i < taker.size(); ++i) {
+    run = i > 0 && taker[i] == taker[i - 1] ? run + 1 : 1;
+    longest = std::max(longest, run);
+  }
+  return longest;
+}
+
+TEST_CASE("queue: with many messages ready, consumers take them in runs of neighbours, at most "
+          "64 long, and each takes its share",
           "[queue]") {
   test::temp_dir dir;
   context ctx;
@@ -799,38 +832,19 @@ TEST_CASE("queue: with many messages ready, consumers take them in runs of neigh
   consumer b(ctx, dev.clients(), {"jobs"}, opts);
   REQUIRE(ctl.wait_field("consumers", {}, 2));
 
-  // Sent as fast as the producer goes: it batches up to 64 to a frame, so
-  // the device finds many durable at once.
+  // Sent as fast as the producer goes, so the device finds many durable at once.
   constexpr int n = 2'000;
   producer p(ctx, dev.clients(), "jobs", producer_options{.socket = {}, .window = 2'000});
   int confirmed = 0;
   for (int i = 0; i < n; ++i) {
-    p.send_async(message("work", std::to_string(i)), [&confirmed](const confirm& c) { confirmed += c.ok; });
+    p.send_async(message("work", std::to_string(i)),
+                 [&confirmed](const confirm& c) { confirmed += c.ok; });
   }
   REQUIRE(p.flush(deadline));
   REQUIRE(confirmed == n);
 
-  // Which consumer got each message; both ack all they get.
   std::vector<int> taker(n, -1);
-  int got = 0;
-  const auto give_up = steady::now() + deadline;
-  while (got < n && steady::now() < give_up) {
-    int index = 0;
-    for (consumer* c : {&a, &b}) {
-      while (auto d = c->receive(0ms)) {
-        const int i = std::stoi(std::string(d->msg.payload()));
-        REQUIRE(i >= 0);
-        REQUIRE(i < n);
-        CHECK(taker[static_cast<std::size_t>(i)] == -1);  // delivered once
-        taker[static_cast<std::size_t>(i)] = index;
-        ++got;
-        c->ack(*d);
-      }
-      ++index;
-    }
-    std::this_thread::sleep_for(1ms);
-  }
-  REQUIRE(got == n);
+  take_all({&a, &b}, taker, 0);
   CHECK(ctl.wait_field("depth", "jobs", 0));
 
   // One at a time in turn, no message would go to the consumer that took the
@@ -839,10 +853,47 @@ TEST_CASE("queue: with many messages ready, consumers take them in runs of neigh
   for (std::size_t i = 1; i < taker.size(); ++i) same += taker[i] == taker[i - 1];
   INFO("neighbours delivered to one consumer: " << same << " of " << n - 1);
   CHECK(same >= (n - 1) / 2);
+  CHECK(longest_run(taker) <= 64);
   const auto to_a = std::count(taker.begin(), taker.end(), 0);
   INFO("consumer a took " << to_a << " of " << n);
   CHECK(to_a >= n / 4);
   CHECK(to_a <= n - n / 4);
+}
+
+TEST_CASE("queue: a few messages ready at once are shared out, no consumer taking more than its "
+          "share in a row",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  running_device dev(ctx, base_config(dir, test::transport_kind::tcp));
+  control ctl(ctx, dev);
+  const consumer_options opts{.socket = {}, .prefetch = 100, .heartbeat = 500ms};
+  consumer a(ctx, dev.clients(), {"jobs"}, opts);
+  consumer b(ctx, dev.clients(), {"jobs"}, opts);
+  REQUIRE(ctl.wait_field("consumers", {}, 2));
+  producer p(ctx, dev.clients(), "jobs");
+
+  // Bursts of 20, one frame each, taken and acked before the next: at most
+  // 20 are ready at once, so a share is at most 10, and a run no longer.
+  constexpr int burst = 20;
+  for (int round = 0; round < 10; ++round) {
+    INFO("burst " << round);
+    const int first = round * burst;
+    int confirmed = 0;
+    for (int i = first; i < first + burst; ++i) {
+      p.send_async(message("work", std::to_string(i)),
+                   [&confirmed](const confirm& c) { confirmed += c.ok; });
+    }
+    REQUIRE(p.flush(deadline));
+    REQUIRE(confirmed == burst);
+    std::vector<int> taker(burst, -1);
+    take_all({&a, &b}, taker, first);
+    CHECK(longest_run(taker) <= static_cast<std::size_t>(burst / 2));
+    const auto to_a = std::count(taker.begin(), taker.end(), 0);
+    CHECK(to_a > 0);
+    CHECK(to_a < burst);
+    REQUIRE(ctl.wait_field("in_flight", "jobs", 0));
+  }
 }
 
 // A consumer that asks for far more credit than the tests' devices give.
