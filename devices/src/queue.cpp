@@ -527,11 +527,13 @@ struct queue_device::impl {
 
   // ------------------------------------------------------------ de-duplication
 
-  using dedup_entry = dedup_table::slot;
+  using dedup_entry = dedup_table::entry;
 
   // The window is per queue: one id sent to two queues is two messages. A
-  // queue's ids enter the window XORed with a 128-bit salt derived from its
-  // name (the same after a restart), which keeps them apart within the queue.
+  // queue's ids enter the window with a 128-bit salt derived from its name
+  // (the same after a restart) added to each big-endian half, which keeps
+  // them apart within the queue. Adding, unlike XOR, keeps ids that count up
+  // by one counting up by one, which the table's buckets rely on.
   static message_id salt_of(std::string_view name) noexcept {
     message_id salt;
     std::uint64_t h[2] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull};  // FNV-1a, two bases
@@ -543,51 +545,65 @@ struct queue_device::impl {
   }
   static message_id dedup_key(const queue& q, const message_id& id) noexcept {
     message_id key;
-    for (std::size_t i = 0; i < key.bytes.size(); ++i) key.bytes[i] = id.bytes[i] ^ q.dedup_salt.bytes[i];
+    for (std::size_t half = 0; half < 16; half += 8) {
+      std::uint64_t v = 0, salt = 0;
+      for (std::size_t i = half; i < half + 8; ++i) {
+        v = (v << 8) | id.bytes[i];
+        salt = (salt << 8) | q.dedup_salt.bytes[i];
+      }
+      v += salt;
+      for (std::size_t i = half + 8; i-- > half; v >>= 8) key.bytes[i] = static_cast<std::uint8_t>(v);
+    }
     return key;
   }
 
   // Adds `id` to the window; returns its entry when it was already there
   // (never for the nil id, which the table refuses). An id remembered as
   // not durable yet is also in `writing` until its append completes (then
-  // its slot learns it is durable when a resend looks) or fails (forget).
-  dedup_entry* remember(const message_id& id, std::uint64_t at_ms, bool durable) {
-    if (config.dedup_window.count() == 0) return nullptr;
+  // its entry learns it is durable when a resend looks) or fails (forget).
+  // Every id remembered has one place in dedup_order, by when it leaves.
+  dedup_entry remember(const message_id& id, std::uint64_t at_ms, bool durable) {
+    if (config.dedup_window.count() == 0) return {};
     const std::uint64_t expires = at_ms + static_cast<std::uint64_t>(config.dedup_window.count());
-    auto [slot, fresh] = dedup.insert(id, expires, durable);
+    auto [held, fresh] = dedup.insert(id, durable);
     if (!fresh) {
-      if (slot != nullptr && !slot->durable() && writing.find(id) == nullptr) slot->set_durable();
-      return slot;
+      if (held && !held.durable() && !writing.find(id)) held.set_durable();
+      return held;
     }
-    if (!durable) (void)writing.insert(id, 0, false);
+    if (!durable) (void)writing.insert(id, false);
     dedup_order.emplace_back(expires, id);
     while (dedup.size() > config.dedup_max_ids && !dedup_order.empty()) {
-      const auto [when, old] = dedup_order.front();
+      const message_id old = dedup_order.front().second;
       dedup_order.pop_front();
-      // The slot of an id forgotten and remembered again is stale: skip it.
-      if (const dedup_entry* o = dedup.find(old); o != nullptr && o->expires_ms() == when) {
-        dedup.erase(old);
-        ++dedup_evicted;
-      }
+      if (leave_window(old)) ++dedup_evicted;
     }
-    return nullptr;
+    return {};
   }
 
-  // An append of `id` failed: a resend must be taken.
-  void forget(const message_id& id) noexcept {
-    dedup.erase(id);
+  // The id at the front of dedup_order leaves the window, unless that place
+  // was a forgotten one's (see forget). True when it left.
+  bool leave_window(const message_id& id) {
+    if (auto f = forgotten.find(id); f != forgotten.end()) {
+      if (--f->second == 0) forgotten.erase(f);
+      return false;
+    }
+    return dedup.erase(id);
+  }
+
+  // An append of `id` failed: a resend must be taken. Its place in
+  // dedup_order stays behind, and must not take out the id if it is
+  // remembered again: it is counted here, and skipped when it comes up.
+  void forget(const message_id& id) {
+    if (dedup.erase(id)) ++forgotten[id];
     writing.erase(id);
   }
 
   void expire_dedup(std::uint64_t now_ms) {
     bool expired = false;
     while (!dedup_order.empty() && dedup_order.front().first <= now_ms) {
-      const message_id& id = dedup_order.front().second;
-      if (const dedup_entry* e = dedup.find(id); e != nullptr && e->expires_ms() <= now_ms) {
-        dedup.erase(id);
-        expired = true;
-      }
+      const message_id id = dedup_order.front().second;
       dedup_order.pop_front();
+      expired = leave_window(id) || expired;
     }
     if (expired) {
       dedup.shrink_to_fit();
@@ -862,10 +878,10 @@ struct queue_device::impl {
     }
     const std::uint64_t now = turn_wall_us;
     const message_id key = dedup_key(*q, scratch.id());
-    if (dedup_entry* d = remember(key, now / 1000, false)) {
+    if (const dedup_entry d = remember(key, now / 1000, false)) {
       ++q->st.duplicates;
       // Durable: confirm again. Not yet: the first copy's confirm will come.
-      if (d->durable() && kind == ticket_kind::publish) confirms[peer].push_back(seq);
+      if (d.durable() && kind == ticket_kind::publish) confirms[peer].push_back(seq);
       return;
     }
     record_fields f;
@@ -1976,11 +1992,13 @@ struct queue_device::impl {
   std::vector<queue*> acked_queues;  // those with positions in `acked` (on_ack)
   std::uint64_t tag_base = 0, next_tag = 0;
   dedup_table dedup;
-  // Ids in `dedup` whose first copy is still being appended: few (the
-  // appends in flight), so looking one up stays in the CPU's caches, unlike
-  // the whole window. A completion only takes its id out of here.
+  // Ids in `dedup` whose first copy is still being appended (the appends
+  // in flight). A completion only takes its id out of here.
   dedup_table writing;
+  // The window's ids in the order they leave it: when, and which.
   std::deque<std::pair<std::uint64_t, message_id>> dedup_order;
+  // Forgotten ids whose place in dedup_order has not come up yet (forget).
+  std::map<message_id, std::uint32_t> forgotten;
   std::uint64_t dedup_evicted = 0;
   detail::ring<ticket> tickets;   // numbers ticket_base, ticket_base + 1, ...
   std::uint64_t ticket_base = 1;

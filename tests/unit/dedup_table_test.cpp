@@ -1,11 +1,11 @@
 // The queue device's de-duplication table (devices/src/dedup_table.hpp),
 // checked against std::unordered_map through growth, erasures (backward
-// shifts across runs) and shrinking.
+// shifts across runs) and shrinking, with ids made the way postbox makes
+// them (many to a bucket) and with ids that share nothing (one to a bucket).
 #include "../../devices/src/dedup_table.hpp"
 
 #include <catch2/catch.hpp>
 
-#include <cstring>
 #include <random>
 #include <unordered_map>
 #include <vector>
@@ -15,33 +15,44 @@ using postbox::devices::dedup_table;
 
 namespace {
 
-message_id id_of(std::uint64_t n) {
-  // Time-ordered ids share their first bytes; so do these.
+void put_be(std::uint8_t* p, std::uint64_t v) {
+  for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<std::uint8_t>(v);
+}
+
+message_id id_from(std::uint64_t a, std::uint64_t b) {
   message_id id;
-  const std::uint64_t ms = 1'700'000'000'000ull + n / 4096;
-  std::memcpy(id.bytes.data(), &ms, 8);
-  const std::uint64_t tail = n + 1;  // never nil
-  std::memcpy(id.bytes.data() + 8, &tail, 8);
+  put_be(id.bytes.data(), a);
+  put_be(id.bytes.data() + 8, b);
   return id;
 }
 
-struct expected {
-  std::uint64_t expires;
-  bool durable;
-};
+// Like an id_generator's: n = 0, 1, 2 ... count up by one in both halves,
+// with a new millisecond every 100 ids (which starts the sequence over).
+message_id generated(std::uint64_t n) {
+  const std::uint64_t ms = 1'700'000'000'000ull + n / 100;
+  const std::uint64_t a = (ms << 16) | 0x7000 | (n % 100);
+  const std::uint64_t b = (std::uint64_t{2} << 62) | (0x1234'5678'9abcull + n);
+  return id_from(a, b);
+}
 
-void check_same(dedup_table& t, const std::unordered_map<std::uint64_t, expected>& ref,
-                std::uint64_t universe) {
+// Ids that share no bucket: their halves scattered.
+message_id scattered(std::uint64_t n) {
+  std::uint64_t x = (n + 1) * 0x9E3779B97F4A7C15ull;
+  x ^= x >> 29;
+  return id_from(x, x * 0xbf58476d1ce4e5b9ull + n);
+}
+
+using id_maker = message_id (*)(std::uint64_t);
+
+void check_same(dedup_table& t, const std::unordered_map<std::uint64_t, bool>& ref,
+                std::uint64_t universe, id_maker make) {
   REQUIRE(t.size() == ref.size());
   for (std::uint64_t n = 0; n < universe; ++n) {
-    const auto* s = t.find(id_of(n));
+    const auto e = t.find(make(n));
     const auto it = ref.find(n);
     INFO("id " << n);
-    REQUIRE((s != nullptr) == (it != ref.end()));
-    if (s != nullptr) {
-      CHECK(s->expires_ms() == it->second.expires);
-      CHECK(s->durable() == it->second.durable);
-    }
+    REQUIRE(static_cast<bool>(e) == (it != ref.end()));
+    if (e) CHECK(e.durable() == it->second);
   }
 }
 
@@ -49,106 +60,136 @@ void check_same(dedup_table& t, const std::unordered_map<std::uint64_t, expected
 
 TEST_CASE("dedup table: insert, find, mark durable and erase", "[dedup]") {
   dedup_table t;
-  CHECK(t.find(id_of(1)) == nullptr);
-  CHECK_FALSE(t.erase(id_of(1)));
-  auto [s, fresh] = t.insert(id_of(1), 5000, false);
+  CHECK_FALSE(t.find(generated(1)));
+  CHECK_FALSE(t.erase(generated(1)));
+  auto [e, fresh] = t.insert(generated(1), false);
   REQUIRE(fresh);
-  CHECK(s->expires_ms() == 5000);
-  CHECK_FALSE(s->durable());
-  s->set_durable();
-  auto [again, fresh2] = t.insert(id_of(1), 9999, false);
+  CHECK_FALSE(e.durable());
+  e.set_durable();
+  auto [again, fresh2] = t.insert(generated(1), false);
   CHECK_FALSE(fresh2);
-  CHECK(again->durable());
-  CHECK(again->expires_ms() == 5000);  // the first insert's expiry stands
+  CHECK(again.durable());
+  // A neighbour shares the bucket, not the flags.
+  auto [next, fresh3] = t.insert(generated(2), false);
+  REQUIRE(fresh3);
+  CHECK_FALSE(next.durable());
+  CHECK(t.size() == 2);
+  CHECK(t.buckets() == 1);
+  CHECK(t.erase(generated(1)));
+  CHECK_FALSE(t.find(generated(1)));
+  CHECK(t.find(generated(2)));
   CHECK(t.size() == 1);
-  CHECK(t.erase(id_of(1)));
-  CHECK(t.find(id_of(1)) == nullptr);
+  CHECK(t.erase(generated(2)));
   CHECK(t.size() == 0);
+  CHECK(t.buckets() == 0);
+  // Erased and inserted again: not durable any more.
+  auto [back, fresh4] = t.insert(generated(1), false);
+  CHECK(fresh4);
+  CHECK_FALSE(back.durable());
 }
 
-TEST_CASE("dedup table: the nil id, which marks empty slots, is never found, held or erased",
+TEST_CASE("dedup table: the nil id is never found, held or erased; its bucket's other ids are",
           "[dedup]") {
   dedup_table t;
   const message_id nil;
   REQUIRE(nil.is_nil());
-  CHECK(t.find(nil) == nullptr);  // empty table
-  for (std::uint64_t n = 0; n < 10; ++n) REQUIRE(t.insert(id_of(n), 1000 + n, false).second);
-  // With slots allocated, most of them empty: still not found.
-  CHECK(t.find(nil) == nullptr);
-  const auto [s, fresh] = t.insert(nil, 5000, true);
-  CHECK(s == nullptr);
+  CHECK_FALSE(t.find(nil));
+  const auto [e, fresh] = t.insert(nil, true);
+  CHECK_FALSE(e);
   CHECK_FALSE(fresh);
-  CHECK(t.size() == 10);
+  CHECK(t.size() == 0);
+  // Ids of the nil id's bucket: a - b = 0, b < 64.
+  for (std::uint64_t b = 1; b < 64; ++b) REQUIRE(t.insert(id_from(b, b), b % 2 == 0).second);
+  CHECK(t.buckets() == 1);
+  CHECK_FALSE(t.find(nil));
   CHECK_FALSE(t.erase(nil));
-  CHECK(t.size() == 10);
-  for (std::uint64_t n = 0; n < 10; ++n) {
-    const auto* e = t.find(id_of(n));
-    REQUIRE(e != nullptr);
-    CHECK(e->expires_ms() == 1000 + n);
+  CHECK(t.size() == 63);
+  for (std::uint64_t b = 1; b < 64; ++b) {
+    const auto held = t.find(id_from(b, b));
+    REQUIRE(held);
+    CHECK(held.durable() == (b % 2 == 0));
   }
+}
+
+TEST_CASE("dedup table: ids a generator makes one after another share buckets, 64 at most",
+          "[dedup]") {
+  dedup_table t;
+  constexpr std::uint64_t n = 100'000;
+  for (std::uint64_t i = 0; i < n; ++i) REQUIRE(t.insert(generated(i), false).second);
+  CHECK(t.size() == n);
+  // 100 ids a millisecond: at most three buckets each, at least two.
+  CHECK(t.buckets() <= 3 * n / 100);
+  CHECK(t.buckets() >= 2 * n / 100);
+  // Ids two halves apart do not share: one to a bucket.
+  dedup_table u;
+  for (std::uint64_t i = 0; i < 1'000; ++i) REQUIRE(u.insert(scattered(i), false).second);
+  CHECK(u.buckets() == 1'000);
 }
 
 TEST_CASE("dedup table: agrees with a map through growth, erasures and shrinking",
           "[dedup]") {
   constexpr std::uint64_t universe = 40'000;
+  const id_maker make = GENERATE(as<id_maker>{}, &generated, &scattered);
   std::mt19937_64 rng(GENERATE(1u, 2u, 3u));
   dedup_table t;
-  std::unordered_map<std::uint64_t, expected> ref;
-  std::uint64_t clock = 0;
+  std::unordered_map<std::uint64_t, bool> ref;
   auto random_op = [&](int insert_percent) {
     const std::uint64_t n = rng() % universe;
     const int op = static_cast<int>(rng() % 100);
     if (op < insert_percent) {
       const bool durable = (rng() & 1) != 0;
-      auto [s, fresh] = t.insert(id_of(n), ++clock, durable);
-      const auto [it, ref_fresh] = ref.try_emplace(n, expected{clock, durable});
+      auto [e, fresh] = t.insert(make(n), durable);
+      const auto [it, ref_fresh] = ref.try_emplace(n, durable);
       REQUIRE(fresh == ref_fresh);
-      REQUIRE(s->expires_ms() == it->second.expires);
+      REQUIRE(e.durable() == it->second);
     } else if (op < insert_percent + 10) {
-      if (auto* s = t.find(id_of(n))) {
-        s->set_durable();
-        ref.at(n).durable = true;
+      if (const auto e = t.find(make(n))) {
+        e.set_durable();
+        ref.at(n) = true;
       } else {
         REQUIRE(ref.count(n) == 0);
       }
     } else {
-      REQUIRE(t.erase(id_of(n)) == (ref.erase(n) == 1));
+      REQUIRE(t.erase(make(n)) == (ref.erase(n) == 1));
     }
   };
   // Grow, with erasures among the inserts ...
   for (int i = 0; i < 60'000; ++i) random_op(75);
-  check_same(t, ref, universe);
+  check_same(t, ref, universe, make);
   const std::size_t grown = t.capacity();
-  CHECK(grown * 3 >= ref.size() * 4);  // at most 3/4 full
+  CHECK(grown * 3 >= t.buckets() * 4);  // at most 3/4 full
   // ... then mostly erase, shrinking as it goes ...
   for (int i = 0; i < 120'000; ++i) {
     random_op(5);
     if (i % 1000 == 0) t.shrink_to_fit();
   }
   for (int i = 0; i < 20; ++i) t.shrink_to_fit();  // as far as it goes
-  check_same(t, ref, universe);
-  CHECK(t.capacity() < grown);
-  CHECK(t.capacity() >= ref.size() * 2);  // shrinks only while under 1/8 full, by half
+  check_same(t, ref, universe, make);
+  CHECK(t.capacity() >= t.buckets() * 2);  // shrinks only while under 1/8 full, by half
+  // Generated ids fill a few hundred buckets, which the shards' first 64
+  // slots hold: there is nothing to grow or shrink.
+  if (make == &scattered) CHECK(t.capacity() < grown);
   // ... and grow again.
   for (int i = 0; i < 60'000; ++i) random_op(80);
-  check_same(t, ref, universe);
+  check_same(t, ref, universe, make);
 }
 
 TEST_CASE("dedup table: one shrink after a spike drains gives the memory back at once",
           "[dedup]") {
   dedup_table t;
   constexpr std::uint64_t spike = 100'000;
-  for (std::uint64_t n = 1; n <= spike; ++n) REQUIRE(t.insert(id_of(n), n, true).second);
+  for (std::uint64_t n = 1; n <= spike; ++n) REQUIRE(t.insert(scattered(n), true).second);
   const std::size_t grown = t.capacity();
   for (std::uint64_t n = 1; n <= spike; ++n)
-    if (n % 200 != 0) REQUIRE(t.erase(id_of(n)));
+    if (n % 200 != 0) REQUIRE(t.erase(scattered(n)));
   REQUIRE(t.size() == spike / 200);
   t.shrink_to_fit();
-  // Each shard is now at least 1/8 full or at its 64 slots.
-  CHECK(t.capacity() <= 64 * 64 + 8 * t.size());
+  // Each shard is now at least 1/8 full or at its 64 buckets.
+  CHECK(t.capacity() <= 64 * 64 + 8 * t.buckets());
   CHECK(t.capacity() < grown / 16);
   for (std::uint64_t n = 200; n <= spike; n += 200) {
-    REQUIRE(t.find(id_of(n)) != nullptr);
-    CHECK(t.find(id_of(n))->expires_ms() == n);
+    const auto e = t.find(scattered(n));
+    REQUIRE(e);
+    CHECK(e.durable());
   }
 }
