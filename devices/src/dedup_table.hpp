@@ -7,11 +7,16 @@
 // the ids one generator makes within a millisecond count up by one in
 // both. So a - b stays the same while b counts up, and up to 64 such ids
 // share a bucket named by (a - b, b / 64), each one a bit (b mod 64). A
-// producer's burst then touches one bucket per 64 ids, and a million ids
-// fit in a few MiB that stay in the CPU's caches. (A table with a slot per
-// id cost the device a quarter of its time: a cache miss, and on a fresh
-// table a page's first touch, for every id.) Ids made any other way still
-// work; they just share buckets less, at 32 bytes per bucket.
+// producer's burst then touches a bucket per 32 to 64 ids, and a million
+// ids fit in 1-2 MiB that stay in the CPU's caches. (A table with a slot
+// per id cost the device a quarter of its time: a cache miss, and on a
+// fresh table a page's first touch, for every id.) Ids made any other way,
+// or by a producer sending less than one a millisecond, take a bucket of
+// 32 bytes each.
+//
+// Where a bucket lives comes from a hash keyed with random numbers drawn
+// when the table is made: a producer that chooses its ids cannot make them
+// pile up in one run of slots, which would make every insert slow.
 //
 // The buckets live in a flat table (linear probing, deletion by backward
 // shift, no tombstones), split by hash into 64 shards that grow and shrink
@@ -22,8 +27,10 @@
 
 #include <postbox/message_id.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <random>
 #include <cstdlib>
 #include <new>
 #include <type_traits>
@@ -56,6 +63,14 @@ class dedup_table {
     bucket* b_ = nullptr;
     std::uint64_t bit_ = 0;
   };
+
+  dedup_table() {
+    std::random_device rd;
+    for (auto& k : hash_key_) k = (std::uint64_t{rd()} << 32) | rd();
+    for (auto& s : shards_) s.hash_key = &hash_key_;
+  }
+  dedup_table(const dedup_table&) = delete;
+  dedup_table& operator=(const dedup_table&) = delete;
 
   /// The entry for `id`, or a false one.
   [[nodiscard]] entry find(const message_id& id) noexcept {
@@ -110,6 +125,14 @@ class dedup_table {
     for (const auto& s : shards_) n += s.used();
     return n;
   }
+  /// The longest run of occupied slots in any shard: what a lookup of an
+  /// absent id may have to read, at worst. For tests and diagnostics (it
+  /// reads the whole table).
+  [[nodiscard]] std::size_t longest_run() const noexcept {
+    std::size_t n = 0;
+    for (const auto& s : shards_) n = std::max(n, s.longest_run());
+    return n;
+  }
 
  private:
   static constexpr unsigned shard_bits = 6;
@@ -117,27 +140,32 @@ class dedup_table {
   struct key {
     std::uint64_t diff, group, bit, hash;
   };
+  using hash_key_t = std::array<std::uint64_t, 2>;
 
   static std::uint64_t load_be(const std::uint8_t* p) noexcept {
     std::uint64_t v = 0;
     for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
     return v;
   }
-  static std::uint64_t hash_of(std::uint64_t diff, std::uint64_t group) noexcept {
-    // The finaliser of MurmurHash3, so that neighbouring groups spread out.
-    std::uint64_t h = diff ^ (group * 0x9E3779B97F4A7C15ull);
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
+  // The finaliser of MurmurHash3: every bit of x moves every bit of the result.
+  static std::uint64_t mix(std::uint64_t x) noexcept {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+  }
+  // Mixed twice, with the table's key in each round: whoever does not know
+  // the key cannot tell which (diff, group) pairs share a hash.
+  static std::uint64_t hash_of(std::uint64_t diff, std::uint64_t group, const hash_key_t& k) noexcept {
+    return mix(mix(diff ^ k[0]) ^ (group + k[1]));
   }
   // (a - b, b / 64) and b mod 64 give back a and b: one id, one bit.
-  static key key_of(const message_id& id) noexcept {
+  key key_of(const message_id& id) const noexcept {
     const std::uint64_t a = load_be(id.bytes.data()), b = load_be(id.bytes.data() + 8);
     const std::uint64_t diff = a - b, group = b >> 6;
-    return {diff, group, std::uint64_t{1} << (b & 63), hash_of(diff, group)};
+    return {diff, group, std::uint64_t{1} << (b & 63), hash_of(diff, group, hash_key_)};
   }
 
   // One open-addressing table of buckets; its slots come from calloc (an
@@ -194,6 +222,18 @@ class dedup_table {
     [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
     [[nodiscard]] std::size_t used() const noexcept { return used_; }
 
+    // The most slots in a row that hold buckets.
+    [[nodiscard]] std::size_t longest_run() const noexcept {
+      std::size_t longest = 0, run = 0;
+      for (std::size_t i = 0; i < 2 * capacity_; ++i) {  // twice round: a run may wrap
+        run = slots_[i & mask_].present != 0 ? run + 1 : 0;
+        longest = std::max(longest, std::min(run, capacity_));
+      }
+      return longest;
+    }
+
+    const hash_key_t* hash_key = nullptr;  // the table's
+
    private:
     static constexpr std::size_t min_capacity = 64;
 
@@ -203,7 +243,7 @@ class dedup_table {
       for (std::size_t j = (hole + 1) & mask_;; j = (j + 1) & mask_) {
         const bucket& next = slots_[j];
         if (next.present == 0) break;
-        const std::size_t home = hash_of(next.diff, next.group) & mask_;
+        const std::size_t home = hash_of(next.diff, next.group, *hash_key) & mask_;
         const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
         if (stays) continue;
         slots_[hole] = next;
@@ -222,7 +262,7 @@ class dedup_table {
       mask_ = capacity - 1;
       for (std::size_t i = 0; i < old_capacity; ++i) {
         if (old[i].present == 0) continue;
-        std::size_t at = hash_of(old[i].diff, old[i].group) & mask_;
+        std::size_t at = hash_of(old[i].diff, old[i].group, *hash_key) & mask_;
         while (slots_[at].present != 0) at = (at + 1) & mask_;
         slots_[at] = old[i];
       }
@@ -237,6 +277,7 @@ class dedup_table {
 
   shard& shard_of(const key& k) noexcept { return shards_[k.hash >> (64 - shard_bits)]; }
 
+  hash_key_t hash_key_{};
   std::array<shard, std::size_t{1} << shard_bits> shards_;
   std::size_t size_ = 0;
 };

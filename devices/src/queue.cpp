@@ -594,7 +594,12 @@ struct queue_device::impl {
   // dedup_order stays behind, and must not take out the id if it is
   // remembered again: it is counted here, and skipped when it comes up.
   void forget(const message_id& id) {
-    if (dedup.erase(id)) ++forgotten[id];
+    auto [f, added] = forgotten.try_emplace(id, 0);  // may throw: nothing changed yet
+    if (dedup.erase(id)) {
+      ++f->second;
+    } else if (added) {
+      forgotten.erase(f);
+    }
     writing.erase(id);
   }
 

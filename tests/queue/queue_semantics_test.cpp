@@ -622,6 +622,43 @@ TEST_CASE("queue: a message sent twice with the same id is confirmed twice and d
   CHECK(got == std::vector<std::string>{"shipped", "other"});
 }
 
+TEST_CASE("queue: beyond --dedup-max-ids the oldest ids leave the window: a resend of one is "
+          "enqueued again, a resend of a newer one is not",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  auto cfg = base_config(dir, test::transport_kind::tcp);
+  cfg.dedup_max_ids = 10;
+  running_device dev(ctx, cfg);
+  control ctl(ctx, dev);
+  producer p(ctx, dev.clients(), "jobs");
+  id_generator ids;
+  std::vector<message> sent;
+  for (int i = 0; i < 20; ++i) {
+    sent.emplace_back("order", "order-" + std::to_string(i));
+    sent.back().set_id(ids.next(now_ms()));
+    REQUIRE(p.send(sent.back()).ok);
+  }
+  CHECK(ctl.field("dedup_ids") == 10);
+  CHECK(ctl.field("dedup_evicted") == 10);
+  REQUIRE(p.send(sent.front()).ok);  // evicted: enqueued again
+  REQUIRE(p.send(sent.back()).ok);   // still in the window: a duplicate
+  CHECK(ctl.field("enqueued", "jobs") == 21);
+  CHECK(ctl.field("duplicates", "jobs") == 1);
+  CHECK(ctl.field("dedup_ids") == 10);
+  CHECK(ctl.field("dedup_evicted") == 11);
+
+  consumer c(ctx, dev.clients(), {"jobs"});
+  std::vector<std::string> got;
+  while (auto d = c.receive(1s)) {
+    got.emplace_back(d->msg.payload());
+    c.ack(*d);
+  }
+  REQUIRE(got.size() == 21);
+  CHECK(std::count(got.begin(), got.end(), "order-0") == 2);
+  CHECK(std::count(got.begin(), got.end(), "order-19") == 1);
+}
+
 TEST_CASE("queue: a copy that arrives while the first is being written is neither enqueued "
           "nor confirmed; one after the first is durable is confirmed",
           "[queue]") {

@@ -126,6 +126,37 @@ TEST_CASE("dedup table: ids a generator makes one after another share buckets, 6
   CHECK(u.buckets() == 1'000);
 }
 
+TEST_CASE("dedup table: ids from an id_generator share buckets", "[dedup]") {
+  // One millisecond for all: the generator moves its clock on every 4,096
+  // ids (its sequence field), which starts a new run of buckets.
+  postbox::id_generator gen;
+  dedup_table t;
+  constexpr std::size_t n = 10'000;
+  for (std::size_t i = 0; i < n; ++i) REQUIRE(t.insert(gen.next(1'700'000'000'000ull), false).second);
+  CHECK(t.size() == n);
+  INFO("buckets: " << t.buckets());
+  CHECK(t.buckets() <= n / 64 + 2 * (n / 4096 + 1));
+}
+
+TEST_CASE("dedup table: ids chosen to share an unkeyed hash do not pile up", "[dedup]") {
+  // Under a fixed mix of diff ^ (group * k), every one of these would land
+  // in one slot's run: 20,000 buckets in a row, each insert reading them all.
+  constexpr std::uint64_t n = 20'000;
+  dedup_table t;
+  for (std::uint64_t group = 1; group <= n; ++group) {
+    const std::uint64_t diff = 0x5eed'0000'0000'0001ull ^ (group * 0x9E3779B97F4A7C15ull);
+    const std::uint64_t b = group << 6;
+    REQUIRE(t.insert(id_from(diff + b, b), false).second);
+  }
+  REQUIRE(t.buckets() == n);
+  // Ids that share nothing, for comparison.
+  dedup_table u;
+  for (std::uint64_t i = 0; i < n; ++i) REQUIRE(u.insert(scattered(i), false).second);
+  INFO("longest run: chosen " << t.longest_run() << ", scattered " << u.longest_run());
+  CHECK(t.longest_run() < 1'000);
+  CHECK(t.longest_run() <= 4 * u.longest_run() + 64);
+}
+
 TEST_CASE("dedup table: agrees with a map through growth, erasures and shrinking",
           "[dedup]") {
   constexpr std::uint64_t universe = 40'000;
