@@ -265,6 +265,14 @@ void subscriber::resubscribe_after_reconnect() {
   // back (its resend happens while the link is down, and is lost), so a
   // publisher or forwarder that restarted would never hear of them. Send
   // them again: all unsubscribes first, so shared prefixes really go out.
+  // Between a filter's unsubscribe and its subscribe, messages for it are
+  // dropped upstream, so the marker goes first: a publisher stops counting
+  // this subscriber until the new marker, which follows the filters, says
+  // they are back (libzmq's own resend may have shown the old one already).
+  if (!marker_.empty()) {
+    core_.socket.set(zmq::sockopt::unsubscribe, marker_);
+    marker_.clear();
+  }
   for (const auto& f : filters_) core_.socket.set(zmq::sockopt::unsubscribe, f.socket_prefix);
   for (const auto& f : filters_) core_.socket.set(zmq::sockopt::subscribe, f.socket_prefix);
   announce();

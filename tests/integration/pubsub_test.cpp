@@ -5,7 +5,9 @@
 
 #include "support/support.hpp"
 
+#include <algorithm>
 #include <map>
+#include <set>
 
 using namespace std::chrono_literals;
 using postbox::test::transport_kind;
@@ -329,4 +331,88 @@ TEST_CASE("pub/sub: a subscriber hears a publisher restarted on the same endpoin
   REQUIRE(m);
   CHECK(m->payload() == "after");
   CHECK(m->origin() == pub->origin());
+}
+
+TEST_CASE("pub/sub: after a reconnection, a publisher never counts the subscriber while one of its "
+          "filters is missing",
+          "[integration][pubsub]") {
+  // A raw XPUB that passes every subscription message stands in for the
+  // publisher and replays the publisher's rule (docs/protocol.md, 10): the
+  // subscriber counts while one of its markers is subscribed. After the
+  // reconnection, whenever it counts, both its filters (set before) must be
+  // subscribed, or a publisher that saw it could publish into the gap.
+  postbox::context ctx;
+  postbox::socket_options fast;
+  fast.reconnect_interval = 10ms;
+  fast.reconnect_interval_max = 100ms;
+  auto make_xpub = [&ctx](const std::string& where) {
+    auto x = std::make_unique<zmq::socket_t>(ctx.native(), zmq::socket_type::xpub);
+    x->set(zmq::sockopt::xpub_verboser, 1);
+    x->set(zmq::sockopt::linger, 0);
+    x->bind(where);
+    return x;
+  };
+  auto xpub = make_xpub("tcp://127.0.0.1:*");
+  const std::string where = xpub->get(zmq::sockopt::last_endpoint);
+  postbox::subscriber sub(ctx, ">" + where, fast);
+  sub.subscribe("news.");
+  sub.subscribe("sport.");
+
+  std::map<std::string, int> live;  // subscription -> subscribes minus unsubscribes
+  auto counted = [&live] {
+    int markers = 0;
+    for (const auto& [s, n] : live)
+      if (s.rfind(std::string(postbox::detail::subscriber_marker), 0) == 0) markers += n;
+    return markers > 0;
+  };
+  bool violated = false, reconnected = false;
+  // Reads what arrived, applying each message in order; true once counted.
+  auto read = [&] {
+    zmq::message_t m;
+    while (xpub->recv(m, zmq::recv_flags::dontwait)) {
+      const auto* d = static_cast<const char*>(m.data());
+      if (m.size() == 0 || (d[0] != 0 && d[0] != 1)) continue;
+      live[std::string(d + 1, m.size() - 1)] += d[0] == 1 ? 1 : -1;
+      if (reconnected && counted() && (live["news."] <= 0 || live["sport."] <= 0)) violated = true;
+    }
+    return counted();
+  };
+  REQUIRE(postbox::test::wait_until([&] {
+    CHECK_FALSE(sub.receive(1ms));
+    const bool all_in = read();
+    // Both filters and one marker, the latest.
+    return all_in && std::count_if(live.begin(), live.end(), [](const auto& e) { return e.second > 0; }) == 3;
+  }));
+  std::set<std::string> first_markers;
+  for (const auto& [s, n] : live)
+    if (s.rfind(std::string(postbox::detail::subscriber_marker), 0) == 0) first_markers.insert(s);
+
+  // The publisher's side goes away and comes back on the same address.
+  xpub.reset();
+  live.clear();
+  reconnected = true;
+  REQUIRE(postbox::test::wait_until([&] {
+    try {
+      xpub = make_xpub(where);
+      return true;
+    } catch (const zmq::error_t&) {
+      return false;
+    }
+  }));
+  // Until the subscriber has resent everything: libzmq's own resend, then
+  // the subscriber's, which ends with a marker not used before.
+  REQUIRE(postbox::test::wait_until([&] {
+    CHECK_FALSE(sub.receive(1ms));
+    (void)read();
+    for (const auto& [s, n] : live) {
+      if (n > 0 && s.rfind(std::string(postbox::detail::subscriber_marker), 0) == 0 &&
+          first_markers.count(s) == 0)
+        return true;
+    }
+    return false;
+  }, 10s));
+  CHECK(counted());
+  CHECK(live["news."] > 0);
+  CHECK(live["sport."] > 0);
+  CHECK_FALSE(violated);
 }
