@@ -30,9 +30,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <random>
 #include <cstdlib>
 #include <new>
+#include <random>
 #include <type_traits>
 #include <utility>
 
