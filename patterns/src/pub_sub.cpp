@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace postbox {
 namespace {
@@ -149,8 +150,10 @@ subscriber::subscriber(context& ctx, std::string_view endpoints, const socket_op
   // Connections that complete after this one are reconnections (or new
   // endpoints): each makes us send the filters again.
   const std::string monitor_endpoint = "inproc://postbox-subscriber-monitor-" + std::string(id);
+  // The socket is already connecting, so the monitor can miss the first
+  // handshake: a disconnection marks the next handshake as a reconnection too.
   if (zmq_socket_monitor(core_.socket.handle(), monitor_endpoint.c_str(),
-                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0) {
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0) {
     throw transport_error("subscriber: cannot monitor its socket: " +
                           std::string(zmq_strerror(zmq_errno())));
   }
@@ -249,16 +252,25 @@ bool subscriber::track(const message& m) {
 }
 
 void subscriber::resubscribe_after_reconnect() {
-  // Each event is two frames: [event id, value][endpoint]. The first
-  // handshake on an endpoint is the first connection, which carries the
-  // filters by itself; any later one is a reconnection.
+  // Each event is two frames: [event id (16 bits), value][endpoint]. The
+  // first handshake on an endpoint is the first connection, which carries
+  // the filters by itself; any later one, or one after a disconnection, is
+  // a reconnection.
   bool reconnected = false;
   zmq::message_t event;
+  std::uint16_t id = 0;
   while (zmq_msg_recv(event.handle(), monitor_.handle(), ZMQ_DONTWAIT) >= 0) {
-    if (event.more()) continue;
+    if (event.more()) {
+      if (event.size() >= sizeof id) std::memcpy(&id, event.data(), sizeof id);
+      continue;
+    }
     std::string endpoint = event.to_string();
     if (bound_.count(endpoint) != 0) continue;
-    if (!connected_.insert(std::move(endpoint)).second) reconnected = true;
+    if (id == ZMQ_EVENT_DISCONNECTED) {
+      dropped_.insert(std::move(endpoint));
+    } else if (!connected_.insert(endpoint).second || dropped_.erase(endpoint) != 0) {
+      reconnected = true;
+    }
   }
   if (!reconnected || filters_.empty()) return;
   // libzmq 4.3 may not resend a SUB's filters over a connection that came

@@ -180,6 +180,7 @@ class subscriber {
   zmq::message_t frames_[2];
   zmq::socket_t monitor_;  // handshake events of core_.socket
   std::set<std::string> connected_;  // endpoints that completed a handshake once
+  std::set<std::string> dropped_;    // endpoints disconnected since their last handshake
   std::set<std::string> bound_;      // our bound addresses: peers there are new, not back
   std::uint32_t receives_since_check_ = 0;
 };
