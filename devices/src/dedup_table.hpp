@@ -142,11 +142,6 @@ class dedup_table {
   };
   using hash_key_t = std::array<std::uint64_t, 2>;
 
-  static std::uint64_t load_be(const std::uint8_t* p) noexcept {
-    std::uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-    return v;
-  }
   // The finaliser of MurmurHash3: every bit of x moves every bit of the result.
   static std::uint64_t mix(std::uint64_t x) noexcept {
     x ^= x >> 33;
@@ -163,7 +158,7 @@ class dedup_table {
   }
   // (a - b, b / 64) and b mod 64 give back a and b: one id, one bit.
   key key_of(const message_id& id) const noexcept {
-    const std::uint64_t a = load_be(id.bytes.data()), b = load_be(id.bytes.data() + 8);
+    const std::uint64_t a = id.high(), b = id.low();
     const std::uint64_t diff = a - b, group = b >> 6;
     return {diff, group, std::uint64_t{1} << (b & 63), hash_of(diff, group, hash_key_)};
   }

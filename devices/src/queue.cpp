@@ -544,17 +544,7 @@ struct queue_device::impl {
     return salt;
   }
   static message_id dedup_key(const queue& q, const message_id& id) noexcept {
-    message_id key;
-    for (std::size_t half = 0; half < 16; half += 8) {
-      std::uint64_t v = 0, salt = 0;
-      for (std::size_t i = half; i < half + 8; ++i) {
-        v = (v << 8) | id.bytes[i];
-        salt = (salt << 8) | q.dedup_salt.bytes[i];
-      }
-      v += salt;
-      for (std::size_t i = half + 8; i-- > half; v >>= 8) key.bytes[i] = static_cast<std::uint8_t>(v);
-    }
-    return key;
+    return message_id::from_halves(id.high() + q.dedup_salt.high(), id.low() + q.dedup_salt.low());
   }
 
   // Adds `id` to the window; returns its entry when it was already there

@@ -49,12 +49,7 @@ message_id id_generator::next(std::uint64_t unix_ms) noexcept {
   // Two big-endian words: [ms:48 | 0x7:4 | counter:12] and [0b10:2 | tail:62].
   const std::uint64_t hi = ((last_ms_ & 0xFFFF'FFFF'FFFF) << 16) | 0x7000 | (counter_ & 0xFFF);
   const std::uint64_t lo = (std::uint64_t{2} << 62) | (tail_ & ((std::uint64_t{1} << 62) - 1));
-  message_id id;
-  for (int i = 0; i < 8; ++i) {
-    id.bytes[i] = static_cast<std::uint8_t>(hi >> (56 - 8 * i));
-    id.bytes[8 + i] = static_cast<std::uint8_t>(lo >> (56 - 8 * i));
-  }
-  return id;
+  return message_id::from_halves(hi, lo);
 }
 
 }  // namespace postbox

@@ -15,16 +15,7 @@ using postbox::devices::dedup_table;
 
 namespace {
 
-void put_be(std::uint8_t* p, std::uint64_t v) {
-  for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<std::uint8_t>(v);
-}
-
-message_id id_from(std::uint64_t a, std::uint64_t b) {
-  message_id id;
-  put_be(id.bytes.data(), a);
-  put_be(id.bytes.data() + 8, b);
-  return id;
-}
+message_id id_from(std::uint64_t a, std::uint64_t b) { return message_id::from_halves(a, b); }
 
 // Like an id_generator's: n = 0, 1, 2 ... count up by one in both halves,
 // with a new millisecond every 100 ids (which starts the sequence over).

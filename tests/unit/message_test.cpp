@@ -338,6 +338,19 @@ TEST_CASE("message id: to_hex is 32 lowercase hex digits of the bytes in order",
   CHECK(hex.find_first_not_of("0123456789abcdef") == std::string::npos);
 }
 
+TEST_CASE("message id: high and low are the two big-endian halves, and from_halves inverts them",
+          "[unit][message_id]") {
+  postbox::message_id id;
+  for (std::size_t i = 0; i < id.bytes.size(); ++i) id.bytes[i] = static_cast<std::uint8_t>(i + 1);
+  CHECK(id.high() == 0x0102030405060708ull);
+  CHECK(id.low() == 0x090a0b0c0d0e0f10ull);
+  CHECK(postbox::message_id::from_halves(id.high(), id.low()) == id);
+  postbox::id_generator gen;
+  const auto a = gen.next(1'700'000'000'000ull), b = gen.next(1'700'000'000'000ull);
+  CHECK(b.high() == a.high() + 1);  // the sequence within the millisecond
+  CHECK(b.low() == a.low() + 1);    // the tail
+}
+
 TEST_CASE("message id: two generators in the same millisecond make different ids",
           "[unit][message_id]") {
   postbox::id_generator a, b;

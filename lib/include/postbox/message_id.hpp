@@ -23,7 +23,27 @@ struct message_id {
   /// 32 lowercase hex digits.
   [[nodiscard]] std::string to_hex() const;
 
+  /// The first and the last 8 bytes, each read as a big-endian number.
+  [[nodiscard]] std::uint64_t high() const noexcept { return half(0); }
+  [[nodiscard]] std::uint64_t low() const noexcept { return half(8); }
+  /// The id whose high() and low() these are.
+  [[nodiscard]] static message_id from_halves(std::uint64_t high, std::uint64_t low) noexcept {
+    message_id id;
+    for (std::size_t i = 0; i < 8; ++i) {
+      id.bytes[i] = static_cast<std::uint8_t>(high >> (56 - 8 * i));
+      id.bytes[8 + i] = static_cast<std::uint8_t>(low >> (56 - 8 * i));
+    }
+    return id;
+  }
+
   friend auto operator<=>(const message_id&, const message_id&) = default;
+
+ private:
+  [[nodiscard]] std::uint64_t half(std::size_t from) const noexcept {
+    std::uint64_t v = 0;
+    for (std::size_t i = from; i < from + 8; ++i) v = (v << 8) | bytes[i];
+    return v;
+  }
 };
 
 /// Makes ids for one thread (it is not synchronised): one per channel.
