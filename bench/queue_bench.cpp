@@ -13,18 +13,23 @@
 //      round trip (2-3 ms with both cores busy), so a lone consumer with
 //      1,000 is held back by its credit, not by the device; more credit
 //      than the rate needs only makes the device's working set larger;
-//   d) latency at half of (c)'s best rate: a paced producer stamps each
-//      payload with its send time; delivery latency is send_async -> the
-//      consumer's receive (it includes the fdatasync before a message can be
+//   d) latency at half the target rate of 400,000 msg/s (half of (c)'s best
+//      rate when that is lower): a paced producer stamps each payload with
+//      its send time; delivery latency is send_async -> the consumer's
+//      receive (it includes the fdatasync before a message can be
 //      delivered), confirm latency is send_async -> the confirm callback.
+//      The producer sends each millisecond's messages together (a 1 ms tick,
+//      --pace-tick-us) and the first half second (--latency-warm-up) runs
+//      at the same rate but is not counted: the percentiles are the steady
+//      state's, and the whole run's p99 is printed beside them.
 //      Beside them, the machine's own stalls in the same run (a thread
 //      sleeping 1 ms at a time): on a shared virtual machine the host can
 //      pause it for milliseconds, and no latency here is below that floor.
 //
 // usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]
 //                            [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]
-//                            [--latency-consumers N] [--timeline] [--e2e-only CONSUMERS]
-//                            [--latency-only --latency-rate R]
+//                            [--latency-consumers N] [--latency-warm-up S] [--pace-tick-us US]
+//                            [--timeline] [--e2e-only CONSUMERS] [--latency-only --latency-rate R]
 // --e2e-only runs only (c) with that many consumers; --latency-only only (d).
 #include <postbox/devices/queue.hpp>
 #include <postbox/postbox.hpp>
@@ -40,6 +45,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <pthread.h>
@@ -83,7 +89,9 @@ struct config {
   std::uint32_t prefetch = 0;  // per consumer; 0: 4,000 shared by the consumers of a run
   double latency_seconds = 3.0;
   int consumers_only = 1;  // --e2e-only: consumers of the single run
-  double latency_rate = 0;  // --latency-rate: pace (d) here instead of at half of (c)
+  double latency_rate = 0;  // --latency-rate: pace (d) here instead of at half the target
+  double latency_warm_up = 0.5;  // --latency-warm-up: (d)'s first seconds, at the rate, not counted
+  int pace_tick_us = 1'000;      // --pace-tick-us: (d)'s producer sends what is due this often
   bool timeline = false;    // --timeline: (d)'s delivery latency per quarter second
   int latency_consumers = 0;  // --latency-consumers: for (d), instead of (c)'s best count
 };
@@ -318,22 +326,34 @@ struct e2e_result {
   std::uint64_t device_enqueued = 0, device_acked = 0, device_depth = 0, device_dup = 0;
   std::uint64_t fsync_p50_us = 0, fsync_max_us = 0;
   std::uint64_t warm_ups = 0;     // one per producer, not counted elsewhere
-  std::uint64_t late_sends = 0;  // paced only: sends more than 1 ms behind schedule
+  std::uint64_t late_sends = 0;  // paced only: sends more than a tick and 1 ms behind schedule
   double cpu_cores = 0;          // the process's CPU time over the run's wall time
   double loop_ns_per_msg = 0;    // the device loop thread's CPU time per message
   double frames_per_kmsg = 0;    // frames the device read per 1,000 messages (0: unknown)
-  percentiles delivery, confirmation;
+  percentiles delivery, confirmation;  // paced only: after the warm-up
+  percentiles whole_delivery;          // paced only: the warm-up too
   postbox::bench::stall_summary stalls;  // paced only: the machine's own, in the same run
   std::vector<percentiles> timeline;  // --timeline: the first consumer's, per 1/4 s
 };
 
-// `rate` > 0: one paced producer at `rate` messages/s (the latency run);
-// otherwise cfg.producers producers as fast as their windows allow.
+// Room for `n` samples, its pages touched now rather than while measuring:
+// a first touch of fresh memory is slow on a virtual machine.
+void reserve_touched(std::vector<std::int64_t>& v, std::size_t n) {
+  v.resize(n);
+  v.clear();
+}
+
+// `rate` > 0: one paced producer at `rate` messages/s (the latency run),
+// messages sent in the first `warm_s` seconds not counted in
+// the steady-state percentiles; otherwise cfg.producers producers as fast
+// as their windows allow.
 e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int consumers,
-                   double rate) {
+                   double rate, double warm_s = 0) {
   e2e_result r;
   const bool paced = rate > 0;
   const int producers = paced ? 1 : cfg.producers;
+  // Send times from here on count (set when the clock starts).
+  std::atomic<std::int64_t> counted_from_ns{std::numeric_limits<std::int64_t>::max()};
   running_device dev(data);
   const std::string ep = dev.clients();
 
@@ -343,6 +363,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   std::atomic<bool> stop_consumers{false};
   std::atomic<int> consumers_up{0};
   std::vector<std::vector<std::int64_t>> delivery_lat(static_cast<std::size_t>(consumers));
+  std::vector<std::vector<std::int64_t>> warm_lat(static_cast<std::size_t>(consumers));
   std::atomic<std::uint64_t> warm_ups{0}, warm_up_failed{0};
 
   std::vector<std::thread> cts;
@@ -354,7 +375,11 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
       co.prefetch = cfg.prefetch != 0 ? cfg.prefetch : 4'000 / static_cast<std::uint32_t>(consumers);
       postbox::consumer c(ctx, ep, {queue_name}, co);
       auto& lat = delivery_lat[static_cast<std::size_t>(ci)];
-      if (paced) lat.reserve(n / static_cast<std::uint64_t>(consumers) + 1024);
+      auto& warm_up_lat = warm_lat[static_cast<std::size_t>(ci)];
+      if (paced) {
+        reserve_touched(lat, n / static_cast<std::uint64_t>(consumers) + 1024);
+        reserve_touched(warm_up_lat, static_cast<std::size_t>(rate * warm_s) / static_cast<std::size_t>(consumers) + 1024);
+      }
       ++consumers_up;
       while (!stop_consumers.load(std::memory_order_relaxed)) {
         auto d = c.receive(milliseconds(50));
@@ -369,7 +394,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
           bad.fetch_add(1, std::memory_order_relaxed);
         } else {
           if (d->attempt > 0) redelivered.fetch_add(1, std::memory_order_relaxed);
-          if (paced) lat.push_back(got - sent_ns);
+          if (paced) (sent_ns >= counted_from_ns.load(std::memory_order_relaxed) ? lat : warm_up_lat).push_back(got - sent_ns);
           if (seen[index].fetch_add(1, std::memory_order_relaxed) == 0) {
             c.ack(*d);
             if (unique.fetch_add(1, std::memory_order_acq_rel) + 1 == n) last_ack_ns = now_ns();
@@ -399,7 +424,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   std::atomic<bool> go{false};
   std::atomic<std::int64_t> go_ns{0};
   std::vector<std::int64_t> confirm_lat;
-  if (paced) confirm_lat.reserve(n);
+  if (paced) reserve_touched(confirm_lat, n);
   std::vector<std::thread> pts;
   for (int pi = 0; pi < producers; ++pi) {
     pts.emplace_back([&, pi] {
@@ -420,7 +445,8 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
       auto on_confirm = [&](const postbox::confirm& c, std::int64_t sent_ns) {
         const std::int64_t t = now_ns();
         if (c.ok) {
-          if (paced) confirm_lat.push_back(t - sent_ns);  // this producer's thread only
+          // The paced run's one producer thread only.
+          if (paced && sent_ns >= counted_from_ns.load(std::memory_order_relaxed)) confirm_lat.push_back(t - sent_ns);
         } else if (c.reason == "timed out") {
           ++timed_out;
         } else {
@@ -428,14 +454,15 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
         }
         if (confirmed.fetch_add(1, std::memory_order_acq_rel) + 1 == n) last_confirm_ns = t;
       };
+      const double own_rate = rate / producers;  // paced: this producer's share
       std::uint64_t i = first;
       while (i < last) {
         std::uint64_t until = last;
         if (paced) {
           // Send what the schedule says is due by now, then service confirms.
           const double elapsed = static_cast<double>(now_ns() - start_ns) / 1e9;
-          until = std::min<std::uint64_t>(last, static_cast<std::uint64_t>(elapsed * rate) + 1);
-          if (i + static_cast<std::uint64_t>(rate / 1000) < until) late += until - i;
+          until = std::min<std::uint64_t>(last, first + static_cast<std::uint64_t>(elapsed * own_rate) + 1);
+          if (i + static_cast<std::uint64_t>(own_rate * (1e-3 + 1e-6 * cfg.pace_tick_us)) < until) late += until - i;
         }
         for (; i < until; ++i) {
           const std::int64_t t = now_ns();
@@ -445,14 +472,17 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
         }
         if (paced && i < last) {
           // Until the next message is due: waiting on confirms when that is
-          // a millisecond or more away (a slow rate), else a 100 us nap.
+          // a millisecond or more away (a slow rate), else until the next
+          // tick. A thread waking every 100 us while the disk flushes makes
+          // this kind of virtual machine pause for 10 ms every 100 ms
+          // (docs/performance.md); a 1 ms tick does not.
           (void)p.poll(milliseconds(0));
-          const auto due_ns = start_ns + static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / rate);
+          const auto due_ns = start_ns + static_cast<std::int64_t>(static_cast<double>(i - first) * 1e9 / own_rate);
           const std::int64_t wait_ns = due_ns - now_ns();
           if (wait_ns >= 1'000'000)
             (void)p.poll(milliseconds(wait_ns / 1'000'000));
           else
-            std::this_thread::sleep_for(std::chrono::microseconds(100));
+            std::this_thread::sleep_for(std::chrono::microseconds(cfg.pace_tick_us));
         }
       }
       std::int64_t t = now_ns();
@@ -476,6 +506,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   const double cpu_start = process_cpu_seconds();
   const double loop_start = dev.loop_cpu_seconds();
   go_ns = start_ns;
+  counted_from_ns = start_ns + static_cast<std::int64_t>(warm_s * 1e9);
   go = true;
   go.notify_all();
   std::optional<postbox::bench::stall_probe> probe;
@@ -548,7 +579,8 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
     // The first consumer's deliveries, in the order it got them, a quarter
     // of a second of the schedule at a time: where the tail comes from.
     if (cfg.timeline) {
-      const auto& v = delivery_lat[0];
+      std::vector<std::int64_t> v = warm_lat[0];  // in the order the first consumer got them
+      v.insert(v.end(), delivery_lat[0].begin(), delivery_lat[0].end());
       const auto per = std::max<std::size_t>(100, static_cast<std::size_t>(rate / 4 / consumers));
       for (std::size_t at = 0; at + per <= v.size(); at += per) {
         auto w = summarise(std::vector<std::int64_t>(v.begin() + static_cast<std::ptrdiff_t>(at),
@@ -558,7 +590,9 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
     }
     std::vector<std::int64_t> all;
     for (auto& v : delivery_lat) all.insert(all.end(), v.begin(), v.end());
-    r.delivery = summarise(std::move(all));
+    r.delivery = summarise(all);
+    for (auto& v : warm_lat) all.insert(all.end(), v.begin(), v.end());
+    r.whole_delivery = summarise(std::move(all));
     r.confirmation = summarise(std::move(confirm_lat));
   }
   return r;
@@ -594,18 +628,21 @@ int usage() {
   std::fprintf(stderr,
                "usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]\n"
                "                           [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]\n"
-               "                           [--latency-consumers N] [--timeline]\n"
+               "                           [--latency-consumers N] [--latency-warm-up S] [--pace-tick-us US]\n"
+               "                           [--timeline]\n"
                "                           [--e2e-only CONSUMERS] [--latency-only --latency-rate R]\n");
   return 2;
 }
 
 // (d): one paced producer at `rate`, printed with its percentiles.
-e2e_result run_latency(const config& cfg, double rate, int consumers) {
-  const auto n = std::max<std::uint64_t>(1000, static_cast<std::uint64_t>(rate * cfg.latency_seconds));
-  std::printf("d) latency at %s: %.0f msg/s paced, 1 producer, %d consumer(s), %llu messages\n",
-              cfg.latency_rate > 0 ? "--latency-rate" : "half the best rate", rate, consumers,
-              static_cast<unsigned long long>(n));
-  auto d = run_e2e(cfg.dir / "latency", cfg, n, consumers, rate);
+e2e_result run_latency(const config& cfg, double rate, int consumers, const char* why) {
+  const auto n = std::max<std::uint64_t>(
+      1000, static_cast<std::uint64_t>(rate * (cfg.latency_warm_up + cfg.latency_seconds)));
+  std::printf("d) latency at %s: %.0f msg/s paced, 1 producer sending every %d us, %d consumer(s),\n"
+              "   %llu messages, those sent in the first %.2f s a warm-up not counted\n",
+              why, rate, cfg.pace_tick_us, consumers, static_cast<unsigned long long>(n),
+              cfg.latency_warm_up);
+  auto d = run_e2e(cfg.dir / "latency", cfg, n, consumers, rate, cfg.latency_warm_up);
   fs::remove_all(cfg.dir / "latency");
   print_e2e("paced", d);
   std::printf("  %-22s p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (%zu samples)\n",
@@ -613,7 +650,10 @@ e2e_result run_latency(const config& cfg, double rate, int consumers) {
   std::printf("  %-22s p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (%zu samples)\n",
               "send -> confirm", d.confirmation.p50_ms, d.confirmation.p99_ms, d.confirmation.max_ms,
               d.confirmation.samples);
-  std::printf("  %-22s %llu of %llu sends were more than 1 ms behind the schedule\n", "pacing",
+  std::printf("  %-22s p50 %7.3f ms  p99 %7.3f ms  max %7.3f ms  (%zu samples, the warm-up too)\n",
+              "send -> receive, all", d.whole_delivery.p50_ms, d.whole_delivery.p99_ms,
+              d.whole_delivery.max_ms, d.whole_delivery.samples);
+  std::printf("  %-22s %llu of %llu sends were more than a tick and 1 ms behind the schedule\n", "pacing",
               static_cast<unsigned long long>(d.late_sends), static_cast<unsigned long long>(n));
   std::printf("  %-22s %zu over 2 ms, %.1f%% of the run, longest %.1f ms, median %.0f ms apart: from them alone a p99 of %.2f ms\n"
               "  %-22s (a %s thread sleeping 1 ms at a time, woken that late: %s)\n\n",
@@ -645,6 +685,8 @@ int main(int argc, char** argv) {
     else if (a == "--producers" && has_value) cfg.producers = std::max(1, std::atoi(argv[++i]));
     else if (a == "--window" && has_value) cfg.window = std::max<std::size_t>(1, std::strtoull(argv[++i], nullptr, 10));
     else if (a == "--prefetch" && has_value) cfg.prefetch = static_cast<std::uint32_t>(std::max(1, std::atoi(argv[++i])));
+    else if (a == "--latency-warm-up" && has_value) cfg.latency_warm_up = std::max(0.0, std::atof(argv[++i]));
+    else if (a == "--pace-tick-us" && has_value) cfg.pace_tick_us = std::clamp(std::atoi(argv[++i]), 1, 100'000);
     else if (a == "--latency-seconds" && has_value) cfg.latency_seconds = std::max(0.1, std::atof(argv[++i])), latency_seconds_set = true;
     else return usage();
   }
@@ -673,7 +715,7 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency());
 
   if (latency_only) {
-    const auto d = run_latency(cfg, cfg.latency_rate, std::max(1, cfg.latency_consumers));
+    const auto d = run_latency(cfg, cfg.latency_rate, std::max(1, cfg.latency_consumers), "--latency-rate");
     fs::remove_all(cfg.dir);
     return d.complete ? 0 : 1;
   }
@@ -717,10 +759,16 @@ int main(int argc, char** argv) {
   std::printf("  %-22s 1 consumer %.3f of libzmq, %.3f of the spool; 4 consumers %.3f of libzmq, %.3f of the spool\n\n",
               "ratios", c1.rate / zmq_rate, c1.rate / spool_rate, c4.rate / zmq_rate, c4.rate / spool_rate);
 
-  const double lat_rate = cfg.latency_rate > 0 ? cfg.latency_rate : best / 2;
+  // The bar: p99 under 5 ms at half the target rate. Half of what
+  // this machine reached instead, when it fell short of the target.
+  constexpr double target_rate = 400'000;
+  const double lat_rate = cfg.latency_rate > 0 ? cfg.latency_rate : std::min(best, target_rate) / 2;
   e2e_result d;
   if (best > 0) {
-    d = run_latency(cfg, lat_rate, best_consumers);
+    d = run_latency(cfg, lat_rate, best_consumers,
+                    cfg.latency_rate > 0   ? "--latency-rate"
+                    : best >= target_rate ? "half the target rate"
+                                          : "half the best rate");
   } else {
     std::printf("d) latency: skipped, no end-to-end run completed\n\n");
   }
@@ -731,9 +779,11 @@ int main(int argc, char** argv) {
   const bool all_ok = c1.complete && c4.complete && (best <= 0 || d.complete);
   std::printf("summary: e2e %.0f msg/s (1 consumer) %.0f msg/s (4 consumers) = %.3f of libzmq %.0f, "
               "%.3f of spool %.0f; at %.0f msg/s p50 %.2f ms p99 %.2f ms (confirm p99 %.2f ms; "
-              "the machine's stalls alone %.2f ms); target 400000 msg/s %s, p99 < 5 ms %s%s\n",
+              "with the warm-up %.2f ms; the machine's stalls alone %.2f ms); target 400000 msg/s %s, "
+              "p99 < 5 ms %s%s\n",
               c1.rate, c4.rate, best / zmq_rate, zmq_rate, best / spool_rate, spool_rate, lat_rate,
-              del.p50_ms, del.p99_ms, conf.p99_ms, d.stalls.floor_p99_ms, best >= 400'000 ? "met" : "NOT met",
+              del.p50_ms, del.p99_ms, conf.p99_ms, d.whole_delivery.p99_ms, d.stalls.floor_p99_ms,
+              best >= target_rate ? "met" : "NOT met",
               del.samples > 0 && del.p99_ms < 5.0 ? "met" : "NOT met",
               all_ok ? "" : "; SOME RUNS INCOMPLETE");
   return all_ok ? 0 : 1;
