@@ -3,16 +3,18 @@
 // read beside it. Each phase runs a plain load for a few seconds under the
 // stall probe (stall_probe.hpp: a real-time thread sleeping 1 ms at a time,
 // counting the wake-ups more than 2 ms late):
-//   idle                      nothing else runs;
-//   fdatasync                 one thread appending 8 KiB and syncing, back to back;
-//   hand-offs                 two threads passing a token to and fro through eventfds;
-//   hand-offs + fdatasync     both at once;
-//   every 100 us + fdatasync  the token passed once per 100 us, beside the syncs;
-//   every 1 ms + fdatasync    once per millisecond, beside the syncs.
+//   idle                         nothing else runs;
+//   fdatasync                    one thread writing 8 KiB and syncing, back to back;
+//   hand-offs                    two threads passing a token to and fro through eventfds;
+//   hand-offs + fdatasync        both at once;
+//   hand-off, 100 us + fdatasync the token's round trip, then a 100 us sleep, beside the syncs;
+//   hand-off, 1 ms + fdatasync   the same with a 1 ms sleep.
 // On the 2-vCPU virtual machines this project is measured on, neither load
-// alone pauses the machine, but together they do: about 10 ms every 100 ms,
-// the period of a CPU quota on the host. The paced latency run in
-// postbox-bench-queue sends on a 1 ms tick for that reason.
+// alone pauses the machine much, but together they often do, for several
+// ms every 100 ms: the period of a CPU quota on the host. How much varies
+// from run to run. The paced latency run in postbox-bench-queue sends on a
+// 1 ms tick for that reason. Run as root: the probe needs real-time
+// priority, or it also counts its waits for a CPU behind the loads.
 //
 // usage: postbox-bench-stalls [--quick] [--dir DIR] [--seconds S]
 #include "stall_probe.hpp"
@@ -28,8 +30,14 @@
 #include <thread>
 #include <vector>
 
+#include <cerrno>
+#include <cmath>
+#include <optional>
+#include <system_error>
+
 #include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 namespace {
@@ -45,7 +53,7 @@ struct load {
 struct phase_result {
   postbox::bench::stall_summary stalls;
   double syncs_per_s = 0, hand_offs_per_s = 0;
-  bool ok = true;
+  bool ok = true;  // every write, sync and hand-off succeeded
 };
 
 // A file descriptor closed on scope exit.
@@ -56,17 +64,33 @@ struct fd_guard {
   }
 };
 
+// The sync load's file: a name of this process's own, created afresh (never
+// an existing file), and removed when the phase ends.
+struct scratch_file {
+  fs::path path;
+  int fd = -1;
+  explicit scratch_file(const fs::path& dir)
+      : path(dir / ("postbox-bench-stalls." + std::to_string(::getpid()) + ".dat")),
+        fd(::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644)) {}
+  ~scratch_file() {
+    if (fd < 0) return;
+    ::close(fd);
+    ::unlink(path.c_str());
+  }
+};
+
 phase_result run_phase(const load& l, const fs::path& dir, double seconds) {
   phase_result r;
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, failed{false};
   std::atomic<std::uint64_t> syncs{0}, passes{0};
   std::vector<std::thread> threads;
-  fd_guard file, there, back;
-  const fs::path path = dir / "stall-bench.dat";
+  std::optional<scratch_file> file;
+  fd_guard there, back;
   if (l.sync) {
-    file.fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
-    if (file.fd < 0) {
-      std::fprintf(stderr, "postbox-bench-stalls: cannot create %s\n", path.c_str());
+    file.emplace(dir);
+    if (file->fd < 0) {
+      std::fprintf(stderr, "postbox-bench-stalls: cannot create %s: %s\n", file->path.c_str(),
+                   std::generic_category().message(errno).c_str());
       r.ok = false;
       return r;
     }
@@ -74,9 +98,11 @@ phase_result run_phase(const load& l, const fs::path& dir, double seconds) {
       std::vector<char> block(8192, 'x');
       off_t at = 0;
       while (!stop.load(std::memory_order_relaxed)) {
-        if (::pwrite(file.fd, block.data(), block.size(), at) != static_cast<ssize_t>(block.size()) ||
-            ::fdatasync(file.fd) != 0) {
-          r.ok = false;
+        if (::pwrite(file->fd, block.data(), block.size(), at) != static_cast<ssize_t>(block.size()) ||
+            ::fdatasync(file->fd) != 0) {
+          std::fprintf(stderr, "postbox-bench-stalls: writing %s: %s\n", file->path.c_str(),
+                       std::generic_category().message(errno).c_str());
+          failed = true;
           return;
         }
         at = (at + static_cast<off_t>(block.size())) % (64 << 20);  // a 64 MiB file, rewritten
@@ -88,28 +114,43 @@ phase_result run_phase(const load& l, const fs::path& dir, double seconds) {
     there.fd = ::eventfd(0, EFD_CLOEXEC);
     back.fd = ::eventfd(0, EFD_CLOEXEC);
     if (there.fd < 0 || back.fd < 0) {
-      r.ok = false;
+      std::fprintf(stderr, "postbox-bench-stalls: eventfd: %s\n", std::generic_category().message(errno).c_str());
       stop = true;
       for (auto& t : threads) t.join();
+      r.ok = false;
       return r;
     }
-    // The token's round: there, then back. Each side blocks in read().
+    // The token's round: there, then back. Each side blocks in read(). On
+    // the way out each side posts to the other, so that neither waits for
+    // ever; an eventfd only adds them up.
     threads.emplace_back([&] {
       std::uint64_t v = 1;
       while (!stop.load(std::memory_order_relaxed)) {
-        if (::write(there.fd, &v, sizeof v) != sizeof v || ::read(back.fd, &v, sizeof v) != sizeof v) return;
+        if (::write(there.fd, &v, sizeof v) != sizeof v || ::read(back.fd, &v, sizeof v) != sizeof v) {
+          std::fprintf(stderr, "postbox-bench-stalls: hand-off: %s\n", std::generic_category().message(errno).c_str());
+          failed = true;
+          break;
+        }
         passes.fetch_add(1, std::memory_order_relaxed);
         if (l.hand_off_every_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(l.hand_off_every_us));
       }
+      stop = true;
       v = 1;
-      (void)!::write(there.fd, &v, sizeof v);  // lets the other side see `stop`
+      (void)!::write(there.fd, &v, sizeof v);
     });
     threads.emplace_back([&] {
       std::uint64_t v = 0;
       while (::read(there.fd, &v, sizeof v) == sizeof v && !stop.load(std::memory_order_relaxed)) {
         v = 1;
-        if (::write(back.fd, &v, sizeof v) != sizeof v) return;
+        if (::write(back.fd, &v, sizeof v) != sizeof v) {
+          std::fprintf(stderr, "postbox-bench-stalls: hand-off: %s\n", std::generic_category().message(errno).c_str());
+          failed = true;
+          break;
+        }
       }
+      stop = true;
+      v = 1;
+      (void)!::write(back.fd, &v, sizeof v);
     });
   }
   const auto start = std::chrono::steady_clock::now();
@@ -125,40 +166,73 @@ phase_result run_phase(const load& l, const fs::path& dir, double seconds) {
     (void)!::write(back.fd, &v, sizeof v);  // a side waiting for the token's return
   }
   for (auto& t : threads) t.join();
-  std::error_code ec;
-  fs::remove(path, ec);
+  r.ok = !failed.load();
   r.syncs_per_s = static_cast<double>(syncs.load()) / took;
   r.hand_offs_per_s = static_cast<double>(passes.load()) / took;
   return r;
 }
 
 int usage() {
-  std::fprintf(stderr, "usage: postbox-bench-stalls [--quick] [--dir DIR] [--seconds S]\n");
+  std::fprintf(stderr, "usage: postbox-bench-stalls [--quick] [--dir DIR] [--seconds S]\n"
+                       "  --seconds S: each load this long, 0.5 .. 60 (default 3; --quick: 1)\n");
   return 2;
+}
+
+// --seconds' value: a finite number in [0.5, 60], written in full.
+std::optional<double> seconds_in(const char* text) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text, &end);
+  if (end == text || *end != '\0' || errno == ERANGE || !std::isfinite(v) || v < 0.5 || v > 60)
+    return std::nullopt;
+  return v;
+}
+
+// "-" for a figure that needs more pauses than there were.
+std::string figure(double v, std::size_t pauses, std::size_t needed, const char* unit) {
+  if (pauses < needed) return "-";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f %s", v, unit);
+  return b;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   fs::path dir;
-  double seconds = 3;
+  std::optional<double> seconds;
+  bool quick = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
-    if (a == "--quick") seconds = 1;
+    if (a == "--quick") quick = true;
     else if (a == "--dir" && has_value) dir = argv[++i];
-    else if (a == "--seconds" && has_value) seconds = std::clamp(std::atof(argv[++i]), 0.5, 60.0);
+    else if (a == "--seconds" && has_value && (seconds = seconds_in(argv[++i]))) continue;
     else return usage();
   }
-  if (dir.empty()) dir = fs::current_path();
-  if (!fs::is_directory(dir)) {
+  if (!seconds) seconds = quick ? 1.0 : 3.0;
+  std::error_code ec;
+  if (dir.empty()) dir = fs::current_path(ec);
+  if (ec || !fs::is_directory(dir, ec)) {
     std::fprintf(stderr, "postbox-bench-stalls: %s is not a directory\n", dir.c_str());
     return 2;
   }
+  {
+    const scratch_file can_write(dir);  // one line now, rather than a failure per load
+    if (can_write.fd < 0) {
+      std::fprintf(stderr, "postbox-bench-stalls: cannot create %s: %s\n", can_write.path.c_str(),
+                   std::generic_category().message(errno).c_str());
+      return 2;
+    }
+  }
+  struct statfs sfs {};
+  if (::statfs(dir.c_str(), &sfs) == 0 && sfs.f_type == 0x01021994 /* TMPFS_MAGIC */)
+    std::printf("WARNING: %s is tmpfs, which ignores fdatasync; use --dir on a real disk\n", dir.c_str());
   std::printf("postbox-bench-stalls: the machine's own pauses under plain loads, %.1f s each, "
               "files in %s\n",
-              seconds, dir.c_str());
-  std::printf("  a pause: the probe (a real-time thread sleeping 1 ms at a time) woke more than 2 ms late\n\n");
+              *seconds, dir.c_str());
+  std::printf("  a pause: the probe (a real-time thread sleeping 1 ms at a time) woke more than 2 ms late;\n"
+              "  p99: the 99th percentile of the wait of an event arriving at a random moment, from the pauses alone\n\n");
   struct named {
     const char* name;
     load l;
@@ -168,18 +242,23 @@ int main(int argc, char** argv) {
       {"fdatasync", {true, false, 0}},
       {"hand-offs", {false, true, 0}},
       {"hand-offs + fdatasync", {true, true, 0}},
-      {"every 100 us + fdatasync", {true, true, 100}},
-      {"every 1 ms + fdatasync", {true, true, 1000}},
+      {"hand-off, 100 us + fdatasync", {true, true, 100}},
+      {"hand-off, 1 ms + fdatasync", {true, true, 1000}},
   };
-  bool all_ok = true;
+  bool all_ok = true, real_time = true;
   for (const auto& p : phases) {
-    const auto r = run_phase(p.l, dir, seconds);
+    const auto r = run_phase(p.l, dir, *seconds);
     all_ok = all_ok && r.ok;
-    std::printf("  %-26s %4zu pauses, %4.1f%% of the time, longest %5.1f ms, median %4.0f ms apart, "
-                "p99 from them %5.2f ms  (%.0f syncs/s, %.0f hand-offs/s)%s\n",
-                p.name, r.stalls.stalls, 100 * r.stalls.share, r.stalls.longest_ms, r.stalls.median_period_ms,
-                r.stalls.floor_p99_ms, r.syncs_per_s, r.hand_offs_per_s, r.ok ? "" : "  FAILED");
-    if (!r.stalls.real_time) std::printf("  %-26s (no real-time priority: pauses include waiting for a CPU)\n", "");
+    real_time = real_time && r.stalls.real_time;
+    std::printf("  %-29s %4zu pauses, %4.1f%% of the time, longest %8s, median %8s apart, p99 %5.2f ms"
+                "  (%.0f syncs/s, %.0f hand-offs/s)%s\n",
+                p.name, r.stalls.stalls, 100 * r.stalls.share,
+                figure(r.stalls.longest_ms, r.stalls.stalls, 1, "ms").c_str(),
+                figure(r.stalls.median_period_ms, r.stalls.stalls, 2, "ms").c_str(), r.stalls.floor_p99_ms,
+                r.syncs_per_s, r.hand_offs_per_s, r.ok ? "" : "  FAILED");
   }
+  if (!real_time)
+    std::printf("\n  WARNING: no real-time priority for the probe (run as root): its pauses include\n"
+                "  waiting for a CPU behind the loads, so they overstate the machine's own\n");
   return all_ok ? 0 : 1;
 }
