@@ -270,6 +270,7 @@ class spool_writer {
   // While dirty_: when fsync_interval has passed since the first unsynced
   // write (interval: any; always: done records written alone).
   std::chrono::steady_clock::time_point sync_due_{};
+  std::chrono::steady_clock::time_point last_sync_start_{};  // writer thread only
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
   std::array<slot, 2> slots_;          // writer thread only
@@ -315,6 +316,9 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
                        " is outside 1024 .. 1073741824 bytes");
   if (opts_.fsync == fsync_policy::interval && opts_.fsync_interval.count() <= 0)
     throw config_error("spool: fsync_interval must be > 0 ms for fsync_policy::interval");
+  if (opts_.sync_spacing.count() < 0 || opts_.sync_spacing > std::chrono::milliseconds(100))
+    throw config_error("spool: sync_spacing must be 0 .. 100 ms, got " +
+                       std::to_string(opts_.sync_spacing.count()) + " us");
   if (opts_.retention_time.count() < 0)
     throw config_error("spool: retention_time must not be negative");
   state_->dir = std::move(dir);
@@ -652,6 +656,14 @@ void spool_writer::run() {
       else
         writer_cv_.wait_until(lk, deadline, ready);
     }
+    // Under always, appends that come while the last sync is recent wait to
+    // share the next one (sync_spacing). Not a flush, nor closing.
+    if (opts_.fsync == fsync_policy::always && opts_.sync_spacing.count() > 0 && in_flight_ == nullptr &&
+        !lanes_empty()) {
+      const auto not_before = last_sync_start_ + opts_.sync_spacing;
+      if (steady::now() < not_before)
+        writer_cv_.wait_until(lk, not_before, [&] { return stop_ || flush_req_ != flush_done_; });
+    }
     const bool stopping = stop_;
     slot& cur = in_flight_ == &slots_[0] ? slots_[1] : slots_[0];
     for (std::size_t i = 0; i < lane_count; ++i) {
@@ -738,6 +750,7 @@ void spool_writer::stop_sync_thread() {
 }
 
 void spool_writer::start_sync() {
+  last_sync_start_ = steady::now();
   {
     std::lock_guard lk(sync_mu_);
     sync_fd_ = head_fd_;
@@ -781,6 +794,7 @@ void spool_writer::sync_loop() {
 }
 
 int spool_writer::sync_head() {
+  last_sync_start_ = steady::now();
   const int e = sync_fd(head_fd_);
   if (e != 0) set_fault(e);
   ++fsyncs_;

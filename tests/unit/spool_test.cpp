@@ -256,6 +256,42 @@ TEST_CASE("spool: appends from many threads are each durable once, sharing fdata
   CHECK(got == want);
 }
 
+TEST_CASE("spool: under always, appends that come soon after a sync wait to share the next "
+          "one, sync_spacing after the last began; a flush does not wait",
+          "[unit][spool]") {
+  using namespace std::chrono_literals;
+  using clock = std::chrono::steady_clock;
+  postbox::test::temp_dir dir;
+  constexpr auto spacing = 80ms;
+  postbox::spool s(dir.path(), {.sync_spacing = spacing});
+  const auto t0 = clock::now();
+  REQUIRE(!s.append_and_wait(payload(0)).error);  // no sync before: at once
+  const auto after_first = s.stats().fsyncs;
+  constexpr int more = 100;
+  std::atomic<int> outstanding{more}, errors{0};
+  for (int i = 1; i <= more; ++i) {
+    REQUIRE(s.append(payload(i), [&](const postbox::append_outcome& o) {
+      if (o.error) ++errors;
+      --outstanding;
+    }) == postbox::append_status::queued);
+  }
+  REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));
+  const auto took = clock::now() - t0;
+  CHECK(errors.load() == 0);
+  INFO("ms from the first append to the last durable: "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+  CHECK(took >= spacing);                            // the second sync began no sooner
+  CHECK(s.stats().fsyncs - after_first == 1);        // and covered all of them
+  CHECK(read_all(s).size() == more + 1);
+
+  // A flush is not held back: with the last sync just begun, it syncs now.
+  REQUIRE(!s.append_and_wait(payload(0)).error);
+  REQUIRE(s.append(payload(1), [](const postbox::append_outcome&) {}) == postbox::append_status::queued);
+  const auto flush_from = clock::now();
+  CHECK(!s.flush());
+  CHECK(clock::now() - flush_from < spacing / 2);
+}
+
 TEST_CASE("spool: under interval and never, appends are readable and flush syncs them",
           "[unit][spool]") {
   postbox::test::temp_dir dir;
@@ -489,6 +525,10 @@ TEST_CASE("spool: bad options and unusable directories are setup errors", "[unit
   CHECK_THROWS_WITH(postbox::spool(dir.path(), {.segment_size = 100}), Contains("segment_size"));
   CHECK_THROWS_AS(postbox::spool(dir.path(), {.fsync = postbox::fsync_policy::interval,
                                               .fsync_interval = std::chrono::milliseconds(0)}),
+                  postbox::config_error);
+  CHECK_THROWS_WITH(postbox::spool(dir.path(), {.sync_spacing = std::chrono::milliseconds(101)}),
+                    Contains("sync_spacing"));
+  CHECK_THROWS_AS(postbox::spool(dir.path(), {.sync_spacing = std::chrono::microseconds(-1)}),
                   postbox::config_error);
   const auto file = dir.path() / "a-file";
   { std::FILE* f = std::fopen(file.c_str(), "w"); REQUIRE(f); std::fclose(f); }

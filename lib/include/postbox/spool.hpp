@@ -32,6 +32,14 @@ struct spool_options {
   /// (> 0); under always, a batch of done records alone (no append to sync
   /// it with).
   std::chrono::milliseconds fsync_interval{100};
+  /// Under always, while appends keep coming, the least time from the start
+  /// of one fdatasync to the start of the next (0 .. 100 ms; 0: a batch is
+  /// written and synced as soon as the writer is free). Appends that arrive
+  /// sooner wait to share the next sync: fewer, larger syncs for up to this
+  /// much more latency. On small virtual machines syncs back to back, beside
+  /// threads waking often, make the host pause the guest for milliseconds
+  /// (docs/performance.md); 1 ms avoids most of it. A flush does not wait.
+  std::chrono::microseconds sync_spacing{1000};
   /// Fully-done segments are kept this long after their last append (0: no time retention).
   std::chrono::milliseconds retention_time{0};
   /// Fully-done segments are deleted, oldest first, while the spool is larger (0: none).
