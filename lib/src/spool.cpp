@@ -281,6 +281,11 @@ class spool_writer {
       if (l.bytes.load(std::memory_order_acquire) != 0) return false;
     return true;
   }
+  [[nodiscard]] bool a_lane_full() const noexcept {
+    for (const auto& l : lanes_)
+      if (l.bytes.load(std::memory_order_acquire) >= lane_limit()) return true;
+    return false;
+  }
   [[nodiscard]] std::size_t lane_limit() const noexcept {
     return std::max<std::size_t>(1, opts_.max_queued_bytes / lane_count);
   }
@@ -493,6 +498,7 @@ append_status spool_writer::append(std::string_view payload, append_callback cb)
   if (l.bytes.load(std::memory_order_relaxed) >= lane_limit() &&
       std::this_thread::get_id() != writer_id_) {
     std::unique_lock lk(qmu_);
+    writer_cv_.notify_one();  // a writer waiting out sync_spacing takes the lanes now
     space_cv_.wait(lk, [&] {
       return l.bytes.load(std::memory_order_acquire) < lane_limit() || faulted_.load() || stop_;
     });
@@ -657,12 +663,15 @@ void spool_writer::run() {
         writer_cv_.wait_until(lk, deadline, ready);
     }
     // Under always, appends that come while the last sync is recent wait to
-    // share the next one (sync_spacing). Not a flush, nor closing.
+    // share the next one (sync_spacing). Not a flush, nor closing, nor an
+    // appender held back by a full lane.
     if (opts_.fsync == fsync_policy::always && opts_.sync_spacing.count() > 0 && in_flight_ == nullptr &&
         !lanes_empty()) {
       const auto not_before = last_sync_start_ + opts_.sync_spacing;
       if (steady::now() < not_before)
-        writer_cv_.wait_until(lk, not_before, [&] { return stop_ || flush_req_ != flush_done_; });
+        writer_cv_.wait_until(lk, not_before, [&] {
+          return stop_ || flush_req_ != flush_done_ || a_lane_full();
+        });
     }
     const bool stopping = stop_;
     slot& cur = in_flight_ == &slots_[0] ? slots_[1] : slots_[0];

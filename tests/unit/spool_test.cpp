@@ -70,6 +70,16 @@ int counting_fdatasync(int fd) {
   ++syncs_seen;
   return ::fdatasync(fd);
 }
+// When each fdatasync began, in order.
+std::mutex sync_starts_mu;
+std::vector<std::chrono::steady_clock::time_point> sync_starts;
+int timed_fdatasync(int fd) {
+  {
+    std::lock_guard lk(sync_starts_mu);
+    sync_starts.push_back(std::chrono::steady_clock::now());
+  }
+  return ::fdatasync(fd);
+}
 
 // What the file holds and what a returned fdatasync covers, for one segment:
 // a write ends at written_end; a sync that returns covers what was written
@@ -257,16 +267,25 @@ TEST_CASE("spool: appends from many threads are each durable once, sharing fdata
 }
 
 TEST_CASE("spool: under always, appends that come soon after a sync wait to share the next "
-          "one, sync_spacing after the last began; a flush does not wait",
+          "one, which begins sync_spacing after the last began; a flush does not wait",
           "[unit][spool]") {
   using namespace std::chrono_literals;
-  using clock = std::chrono::steady_clock;
   postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &timed_fdatasync;
+  {
+    std::lock_guard lk(sync_starts_mu);
+    sync_starts.clear();
+  }
+  auto starts = [] {
+    std::lock_guard lk(sync_starts_mu);
+    return sync_starts;
+  };
   constexpr auto spacing = 80ms;
   postbox::spool s(dir.path(), {.sync_spacing = spacing});
-  const auto t0 = clock::now();
-  REQUIRE(!s.append_and_wait(payload(0)).error);  // no sync before: at once
-  const auto after_first = s.stats().fsyncs;
+  REQUIRE(!s.append_and_wait(payload(0)).error);  // no sync before it: synced at once
+  const auto first = starts();
+  REQUIRE(!first.empty());
   constexpr int more = 100;
   std::atomic<int> outstanding{more}, errors{0};
   for (int i = 1; i <= more; ++i) {
@@ -276,20 +295,48 @@ TEST_CASE("spool: under always, appends that come soon after a sync wait to shar
     }) == postbox::append_status::queued);
   }
   REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));
-  const auto took = clock::now() - t0;
   CHECK(errors.load() == 0);
-  INFO("ms from the first append to the last durable: "
-       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
-  CHECK(took >= spacing);                            // the second sync began no sooner
-  CHECK(s.stats().fsyncs - after_first == 1);        // and covered all of them
+  const auto second = starts();
+  REQUIRE(second.size() > first.size());
+  INFO("us between the sync starts: "
+       << std::chrono::duration_cast<std::chrono::microseconds>(second[first.size()] - first.back()).count());
+  CHECK(second[first.size()] - first.back() >= spacing);  // the next sync began no sooner
+  CHECK(second.size() - first.size() == 1);                // and covered all 100
   CHECK(read_all(s).size() == more + 1);
 
-  // A flush is not held back: with the last sync just begun, it syncs now.
+  // A flush is not held back: with a sync just begun, the flush's own sync
+  // begins well within the spacing.
   REQUIRE(!s.append_and_wait(payload(0)).error);
   REQUIRE(s.append(payload(1), [](const postbox::append_outcome&) {}) == postbox::append_status::queued);
-  const auto flush_from = clock::now();
+  const auto before_flush = starts();
   CHECK(!s.flush());
-  CHECK(clock::now() - flush_from < spacing / 2);
+  const auto after_flush = starts();
+  REQUIRE(after_flush.size() > before_flush.size());
+  CHECK(after_flush[before_flush.size()] - before_flush.back() < spacing);
+}
+
+TEST_CASE("spool: under always, an appender held back by a full lane does not wait out "
+          "sync_spacing",
+          "[unit][spool]") {
+  using namespace std::chrono_literals;
+  using clock = std::chrono::steady_clock;
+  postbox::test::temp_dir dir;
+  // Lanes of 4 KiB: a few records fill one. The spacing is the longest allowed.
+  postbox::spool s(dir.path(), {.sync_spacing = 100ms, .max_queued_bytes = 16 * 1024});
+  REQUIRE(!s.append_and_wait(payload(0)).error);  // a sync has just begun
+  const auto from = clock::now();
+  std::atomic<int> outstanding{0};
+  const std::string big(3000, 'b');
+  for (int i = 0; i < 3; ++i) {  // the second and third wait for room in the lane
+    ++outstanding;
+    REQUIRE(s.append(big, [&](const postbox::append_outcome&) { --outstanding; }) ==
+            postbox::append_status::queued);
+  }
+  const auto queued = clock::now() - from;
+  INFO("ms to queue three records into a 4 KiB lane: "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(queued).count());
+  CHECK(queued < 50ms);  // the writer took the full lane instead of waiting the spacing out
+  REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));
 }
 
 TEST_CASE("spool: under interval and never, appends are readable and flush syncs them",
