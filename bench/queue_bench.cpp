@@ -35,13 +35,12 @@
 #include <postbox/postbox.hpp>
 #include <postbox/queue_client.hpp>
 
+#include "number_option.hpp"
 #include "stall_probe.hpp"
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -468,16 +467,15 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
         }
         if (confirmed.fetch_add(1, std::memory_order_acq_rel) + 1 == n) last_confirm_ns = t;
       };
-      const double own_rate = rate / producers;  // paced: this producer's share
       std::uint64_t i = first;
       while (i < last) {
         std::uint64_t until = last;
         if (paced) {
           // Send what the schedule says is due by now, then service confirms.
           const double elapsed = static_cast<double>(now_ns() - start_ns) / 1e9;
-          until = std::min<std::uint64_t>(last, first + static_cast<std::uint64_t>(elapsed * own_rate) + 1);
+          until = std::min<std::uint64_t>(last, static_cast<std::uint64_t>(elapsed * rate) + 1);
           // Due more than a tick and 1 ms ago, and not sent yet.
-          const auto grace = static_cast<std::uint64_t>(own_rate * (1e-3 + 1e-6 * cfg.pace_tick_us));
+          const auto grace = static_cast<std::uint64_t>(rate * (1e-3 + 1e-6 * cfg.pace_tick_us));
           if (i + grace < until) late += until - grace - i;
         }
         for (; i < until; ++i) {
@@ -493,7 +491,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
           // flushes can make this kind of virtual machine pause for several
           // ms every 100 ms (docs/performance.md); a 1 ms tick far less often.
           (void)p.poll(milliseconds(0));
-          const auto due_ns = start_ns + static_cast<std::int64_t>(static_cast<double>(i - first) * 1e9 / own_rate);
+          const auto due_ns = start_ns + static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / rate);
           const std::int64_t wait_ns = due_ns - now_ns();
           if (wait_ns >= 1'000'000 && wait_ns >= std::int64_t{cfg.pace_tick_us} * 1'000)
             (void)p.poll(milliseconds(wait_ns / 1'000'000));
@@ -688,18 +686,6 @@ e2e_result run_latency(const config& cfg, double rate, int consumers, const char
   return d;
 }
 
-// An option's value: a finite number in [lo, hi], written in full; a whole
-// one when `whole`.
-std::optional<double> number_in(const char* text, double lo, double hi, bool whole) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(text, &end);
-  if (end == text || *end != '\0' || errno == ERANGE || !std::isfinite(v) || v < lo || v > hi ||
-      (whole && v != std::floor(v)))
-    return std::nullopt;
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -711,7 +697,7 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     // The option's value as a number in [lo, hi]; nullopt (usage) otherwise.
     auto value = [&](double lo, double hi, bool whole = true) {
-      return has_value ? number_in(argv[++i], lo, hi, whole) : std::nullopt;
+      return has_value ? postbox::bench::number_in(argv[++i], lo, hi, whole) : std::nullopt;
     };
     std::optional<double> v;
     if (a == "--quick") quick = true;

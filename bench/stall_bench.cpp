@@ -17,6 +17,7 @@
 // priority, or it also counts its waits for a CPU behind the loads.
 //
 // usage: postbox-bench-stalls [--quick] [--dir DIR] [--seconds S]
+#include "number_option.hpp"
 #include "stall_probe.hpp"
 
 #include <algorithm>
@@ -31,7 +32,6 @@
 #include <vector>
 
 #include <cerrno>
-#include <cmath>
 #include <optional>
 #include <system_error>
 
@@ -178,16 +178,6 @@ int usage() {
   return 2;
 }
 
-// --seconds' value: a finite number in [0.5, 60], written in full.
-std::optional<double> seconds_in(const char* text) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(text, &end);
-  if (end == text || *end != '\0' || errno == ERANGE || !std::isfinite(v) || v < 0.5 || v > 60)
-    return std::nullopt;
-  return v;
-}
-
 // "-" for a figure that needs more pauses than there were.
 std::string figure(double v, std::size_t pauses, std::size_t needed, const char* unit) {
   if (pauses < needed) return "-";
@@ -207,7 +197,7 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (a == "--quick") quick = true;
     else if (a == "--dir" && has_value) dir = argv[++i];
-    else if (a == "--seconds" && has_value && (seconds = seconds_in(argv[++i]))) continue;
+    else if (a == "--seconds" && has_value && (seconds = postbox::bench::number_in(argv[++i], 0.5, 60, false))) continue;
     else return usage();
   }
   if (!seconds) seconds = quick ? 1.0 : 3.0;
