@@ -380,6 +380,9 @@ struct queue_device::impl {
     if (auto why = wire::invalid_queue_name(config.plain_queue)) {
       bad("plain queue \"" + config.plain_queue + "\": " + *why);
     }
+    if (config.sync_spacing.count() < 0 || config.sync_spacing > milliseconds(100)) {
+      bad("sync spacing must be 0 .. 100 ms");
+    }
     if (config.max_attempts == 0) bad("max attempts must be at least 1");
     if (config.visibility_timeout.count() <= 0) bad("the visibility timeout must be positive");
     if (config.retry_initial.count() <= 0 || config.retry_max < config.retry_initial) {
@@ -403,6 +406,7 @@ struct queue_device::impl {
     so.segment_size = config.segment_size;
     so.fsync = config.fsync;
     so.fsync_interval = config.fsync_interval;
+    so.sync_spacing = config.sync_spacing;
     // Done segments stay for the de-duplication window, so that a restart
     // can rebuild the window from them (docs/queue-device.md, "De-duplication").
     if (for_messages) so.retention_time = config.dedup_window;

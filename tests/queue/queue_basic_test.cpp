@@ -59,6 +59,38 @@ TEST_CASE("queue: a confirmed message is delivered and acked", "[queue]") {
   CHECK_FALSE(c.receive(200ms));
 }
 
+TEST_CASE("queue: --sync-spacing takes milliseconds, fractions too, down to 0", "[queue]") {
+  auto spacing = [](std::vector<const char*> args) {
+    args.insert(args.begin(), "postbox-queue");
+    return devices::load_queue_config(static_cast<int>(args.size()), args.data()).config.sync_spacing;
+  };
+  CHECK(spacing({}) == 1000us);
+  CHECK(spacing({"--sync-spacing", "0.25"}) == 250us);
+  CHECK(spacing({"--sync-spacing", "0"}) == 0us);
+  CHECK(spacing({"--sync-spacing", "100"}) == 100'000us);
+  CHECK_THROWS_AS(spacing({"--sync-spacing", "100.5"}), config_error);
+  CHECK_THROWS_AS(spacing({"--sync-spacing", "-0.5"}), config_error);
+  CHECK_THROWS_AS(spacing({"--sync-spacing", "inf"}), config_error);
+}
+
+TEST_CASE("queue: the device's spools sync at most every sync_spacing while messages keep coming",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  auto cfg = test_config(dir, test::transport_kind::ipc);
+  cfg.sync_spacing = 100ms;
+  running_device dev(ctx, cfg);
+  producer p(ctx, dev.clients(), "jobs");
+  // Each send() waits for its sync; each sync after the first starts at
+  // least 100 ms after the one before.
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) REQUIRE(p.send(message("video", "job-" + std::to_string(i))).ok);
+  CHECK(std::chrono::steady_clock::now() - start >= 200ms);
+
+  cfg.sync_spacing = 101ms;
+  CHECK_THROWS_AS(devices::queue_device(ctx, cfg), config_error);
+}
+
 TEST_CASE("queue: a nacked message comes back with its attempt count", "[queue]") {
   test::temp_dir dir;
   context ctx;

@@ -786,6 +786,9 @@ TEST_CASE("queue crash: a bad configuration prints one line on stderr and exits 
   const auto c = GENERATE_COPY(values<bad_case>({
       {{"--max-attempts", "0"}, "--max-attempts"},
       {{"--fsync", "sometimes"}, "sometimes"},
+      {{"--sync-spacing", "200"}, "--sync-spacing must be 0 .. 100 ms, got 200"},
+      {{"--sync-spacing", "nan"}, "--sync-spacing must be 0 .. 100 ms, got nan"},
+      {{"--sync-spacing", "soon"}, "sync-spacing"},
       {{"--clients", "nonsense"}, "nonsense"},
       {{"--no-such-option", "1"}, "no-such-option"},
       {{"--visibility-timeout", "soon"}, "soon"},

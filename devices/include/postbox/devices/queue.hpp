@@ -39,6 +39,11 @@ struct queue_config {
 
   fsync_policy fsync = fsync_policy::always;
   std::chrono::milliseconds fsync_interval{100};
+  /// Under fsync always, while appends keep coming, a spool starts a sync
+  /// no sooner than this after the last one began, and the appends that
+  /// arrive meanwhile share it (spool_options::sync_spacing). 0 .. 100 ms;
+  /// 0: a batch is synced as soon as the writer is free.
+  std::chrono::microseconds sync_spacing{1000};
   std::uint32_t segment_size = 64u * 1024 * 1024;
 
   /// Deliveries of one message before it is dead-lettered.
