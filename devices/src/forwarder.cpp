@@ -9,10 +9,12 @@
 #include <postbox/topic.hpp>
 
 #include "control.hpp"
+#include "resolve.hpp"
 
 #include <cerrno>
 #include <cstring>
 #include <unordered_map>
+#include <utility>
 
 namespace postbox::devices {
 namespace {
@@ -347,6 +349,17 @@ void forwarder::impl::log_rates(bool final) {
 
 void forwarder::impl::run(const std::atomic<bool>& stop) {
   const bool pipeline = config.mode == forwarder_mode::pipeline;
+  const std::pair<const char*, const detail::channel_socket*> sockets[] = {
+      {"frontend", &frontend},
+      {"backend", &backend},
+      {"control", control ? &*control : nullptr},
+      {"tap", tap ? &*tap : nullptr}};
+  for (const auto& [name, s] : sockets) {
+    if (s == nullptr) continue;
+    for (const auto& why : unresolved_hosts(s->endpoints)) {
+      log.warn(std::string(name) + " " + why + "; libzmq keeps trying");
+    }
+  }
   log.info("ready mode=" + std::string(pipeline ? "pipeline" : "pubsub") +
            " frontend=" + join(frontend.endpoints) + " backend=" + join(backend.endpoints) +
            " control=" + join(control ? control->endpoints : std::vector<std::string>{}) +

@@ -12,6 +12,7 @@
 
 #include "control.hpp"
 #include "dedup_table.hpp"
+#include "resolve.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -23,6 +24,7 @@
 #include <random>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/eventfd.h>
@@ -1882,6 +1884,14 @@ struct queue_device::impl {
   }
 
   void run(const std::atomic<bool>& stop) {
+    const std::pair<const char*, const std::optional<detail::channel_socket>*> sockets[] = {
+        {"clients", &clients}, {"plain-in", &plain_in}, {"plain-out", &plain_out}, {"control", &control}};
+    for (const auto& [name, s] : sockets) {
+      if (!s->has_value()) continue;
+      for (const auto& why : unresolved_hosts((*s)->endpoints)) {
+        log.warn(std::string(name) + " " + why + "; libzmq keeps trying");
+      }
+    }
     log.info("ready clients=" + join(clients->endpoints) +
              " plain_in=" + join(plain_in ? plain_in->endpoints : std::vector<std::string>{}) +
              " plain_out=" + join(plain_out ? plain_out->endpoints : std::vector<std::string>{}) +

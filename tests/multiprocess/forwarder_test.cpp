@@ -437,3 +437,51 @@ TEST_CASE("forwarder pipeline: with no worker nothing is dropped, and SIGTERM st
   stuck.process->kill(SIGTERM);
   CHECK(stuck.process->wait(10s) == 0);
 }
+
+TEST_CASE("daemons: a connect endpoint whose host does not resolve is named in a warning at "
+          "start, and the daemon serves on",
+          "[multiprocess][forwarder]") {
+  postbox::test::temp_dir dir;
+  const std::string data = (dir.path() / "data").string();
+  // RFC 6761: no name under .invalid resolves.
+  const std::string nowhere = "tcp://nohost.invalid:5590";
+  struct daemon_case {
+    std::vector<std::string> argv;
+    std::string option;
+  };
+  const auto c = GENERATE_COPY(values<daemon_case>({
+      {{postbox::test::forwarder_path(), "--frontend", ">" + nowhere, "--backend", "@tcp://127.0.0.1:*",
+        "--control", "@tcp://127.0.0.1:*"},
+       "frontend"},
+      {{postbox::test::queue_path(), "--clients", ">" + nowhere, "--plain-in", "none", "--plain-out",
+        "none", "--control", "@tcp://127.0.0.1:*", "--data-dir", data},
+       "clients"},
+  }));
+  INFO(c.argv.front());
+  child daemon(c.argv, true);
+  std::string line, warned, ready;
+  while (ready.empty() && daemon.read_line(line, 60s)) {
+    if (line.find(" warn: ") != std::string::npos) warned = line;
+    if (line.find(" info: ready ") != std::string::npos) ready = line;
+  }
+  REQUIRE_FALSE(ready.empty());
+  CHECK(warned.find(" warn: " + c.option + " " + nowhere + ": cannot resolve host \"nohost.invalid\" (") !=
+        std::string::npos);
+  CHECK(warned.find("; libzmq keeps trying") != std::string::npos);
+  // Still serving: its control endpoint answers.
+  const auto at = ready.find(" control=tcp://");
+  REQUIRE(at != std::string::npos);
+  const auto control = ready.substr(at + 9, ready.find(' ', at + 9) - (at + 9));
+  postbox::context ctx;
+  zmq::socket_t req(ctx.native(), zmq::socket_type::req);
+  req.set(zmq::sockopt::rcvtimeo, 10000);
+  req.set(zmq::sockopt::linger, 0);
+  req.connect(control);
+  REQUIRE(req.send(zmq::str_buffer("ping"), zmq::send_flags::none));
+  zmq::message_t reply;
+  REQUIRE(req.recv(reply));
+  CHECK(reply.size() > 0);
+  daemon.kill(SIGTERM);
+  CHECK(daemon.wait() == 0);
+}
+
