@@ -694,7 +694,8 @@ e2e_result run_latency(const config& cfg, double rate, int consumers, const char
 }
 
 // (d) cfg.latency_runs times, each on a fresh device; the run whose p99
-// (send -> receive) is the median of them, after a line listing them all.
+// (send -> receive) is the median of them (of an even count, the higher
+// of the two middle ones), after a line listing them all.
 e2e_result run_latencies(const config& cfg, double rate, int consumers, const char* why) {
   std::vector<e2e_result> runs;
   for (int i = 1; i <= cfg.latency_runs; ++i) runs.push_back(run_latency(cfg, rate, consumers, why, i));
@@ -708,8 +709,11 @@ e2e_result run_latencies(const config& cfg, double rate, int consumers, const ch
   }
   const bool complete =
       std::all_of(runs.begin(), runs.end(), [](const e2e_result& r) { return r.complete; });
-  std::sort(runs.begin(), runs.end(),
-            [](const e2e_result& a, const e2e_result& b) { return a.delivery.p99_ms < b.delivery.p99_ms; });
+  // A run with no samples (incomplete) sorts last, not as the fastest.
+  auto key = [](const e2e_result& r) {
+    return r.delivery.samples > 0 ? r.delivery.p99_ms : std::numeric_limits<double>::infinity();
+  };
+  std::sort(runs.begin(), runs.end(), [&](const e2e_result& a, const e2e_result& b) { return key(a) < key(b); });
   e2e_result mid = runs[runs.size() / 2];
   mid.complete = complete;
   std::printf("  %-22s p99 %s ms (median %.2f); p50 %s ms\n\n", "send -> receive, runs", p99s.c_str(),

@@ -10,7 +10,9 @@
 
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <iomanip>
 #include <sstream>
 
 namespace po = boost::program_options;
@@ -41,6 +43,13 @@ constexpr const char* usage_tail =
     "1 failure while running, 2 bad option, endpoint, config file, an address\n"
     "already in use or a data directory another device holds.\n";
 
+// A number as the user would have written it (no trailing zeros).
+std::string vm_text(double v) {
+  std::ostringstream o;
+  o << std::setprecision(15) << v;
+  return o.str();
+}
+
 po::options_description describe() {
   const queue_config d = default_queue_config();
   po::options_description o("Options");
@@ -56,7 +65,7 @@ po::options_description describe() {
     ("control", po::value<std::string>()->default_value(d.control)->value_name("ENDPOINT"), "control endpoint (\"none\": off)")
     ("data-dir", po::value<std::string>()->default_value(d.data_dir.string())->value_name("DIR"), "one spool per queue under DIR")
     ("fsync", po::value<std::string>()->default_value("always")->value_name("POLICY"), "always (fdatasync before confirming), interval=MS or never (these two can lose confirmed messages on power loss)")
-    ("sync-spacing", po::value<double>()->default_value(static_cast<double>(d.sync_spacing.count()) / 1000, "1")->value_name("MS"), "under --fsync always, at least this long between the starts of two syncs while appends keep coming; they share the next sync (0 .. 100, fractions allowed; 0: sync each batch at once)")
+    ("sync-spacing", po::value<double>()->default_value(static_cast<double>(d.sync_spacing.count()) / 1000, vm_text(static_cast<double>(d.sync_spacing.count()) / 1000))->value_name("MS"), "under --fsync always, while appends keep coming, a sync normally starts no sooner than this after the one before, and the appends share it; adds up to this much to a confirm (0 .. 100, fractions allowed; 0: sync each batch at once)")
     ("segment-size", po::value<std::uint32_t>()->default_value(d.segment_size)->value_name("BYTES"), "spool segment size")
     ("max-attempts", po::value<std::uint32_t>()->default_value(d.max_attempts)->value_name("N"), "deliveries before a message is dead-lettered")
     ("visibility-timeout", po::value<long>()->default_value(d.visibility_timeout.count())->value_name("MS"), "unacked this long, a delivery goes to another consumer")
@@ -85,13 +94,6 @@ std::chrono::milliseconds positive_ms(const po::variables_map& vm, const char* n
                        " and at most 30 days in ms, got " + std::to_string(v));
   }
   return std::chrono::milliseconds(v);
-}
-
-// A number as the user would have written it (no trailing zeros).
-std::string vm_text(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
 }
 
 }  // namespace
@@ -142,7 +144,8 @@ queue_command load_queue_config(int argc, const char* const* argv) {
   if (!std::isfinite(spacing_ms) || spacing_ms < 0 || spacing_ms > 100) {
     throw config_error("--sync-spacing must be 0 .. 100 ms, got " + vm_text(spacing_ms));
   }
-  c.sync_spacing = std::chrono::microseconds(std::llround(spacing_ms * 1000));
+  // To the microsecond; a positive value never rounds to 0 (which turns the spacing off).
+  c.sync_spacing = std::chrono::microseconds(std::max(std::llround(spacing_ms * 1000), spacing_ms > 0 ? 1LL : 0LL));
   c.segment_size = vm["segment-size"].as<std::uint32_t>();
   if (c.segment_size < 1024 || c.segment_size > (1u << 30)) {
     throw config_error("--segment-size must be 1024 .. 1073741824, got " +

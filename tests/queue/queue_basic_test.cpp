@@ -68,6 +68,7 @@ TEST_CASE("queue: --sync-spacing takes milliseconds, fractions too, down to 0", 
   CHECK(spacing({"--sync-spacing", "0.25"}) == 250us);
   CHECK(spacing({"--sync-spacing", "0"}) == 0us);
   CHECK(spacing({"--sync-spacing", "100"}) == 100'000us);
+  CHECK(spacing({"--sync-spacing", "0.0001"}) == 1us);  // positive: never off by rounding
   CHECK_THROWS_AS(spacing({"--sync-spacing", "100.5"}), config_error);
   CHECK_THROWS_AS(spacing({"--sync-spacing", "-0.5"}), config_error);
   CHECK_THROWS_AS(spacing({"--sync-spacing", "inf"}), config_error);
