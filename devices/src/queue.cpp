@@ -409,6 +409,12 @@ struct queue_device::impl {
     so.fsync = config.fsync;
     so.fsync_interval = config.fsync_interval;
     so.sync_spacing = config.sync_spacing;
+    if (for_messages) {
+      // A message can go out to a consumer while its sync runs; its
+      // producer's confirm still waits for the sync (docs/queue-device.md).
+      so.visible_before_sync = true;
+      so.after_visible = [this] { wake_for_visible(); };
+    }
     // Done segments stay for the de-duplication window, so that a restart
     // can rebuild the window from them (docs/queue-device.md, "De-duplication").
     if (for_messages) so.retention_time = config.dedup_window;
@@ -677,6 +683,14 @@ struct queue_device::impl {
                  : "spool failed: " + sp.fault().message();
     }
     return false;
+  }
+
+  // Runs on a spool's writer thread: records became visible to the loop's
+  // cursors before their sync. One wake-up until the loop's next turn.
+  void wake_for_visible() {
+    if (visible_pending.exchange(true)) return;
+    const std::uint64_t one = 1;
+    (void)!::write(wake, &one, sizeof one);
   }
 
   // `signalled`: the eventfd woke the loop. It is cleared before the swap,
@@ -1932,6 +1946,9 @@ struct queue_device::impl {
       drain_completions((items[1].revents & ZMQ_POLLIN) != 0);
       send_confirms();
       stamp_turn();
+      // After the eventfd was read (drain_completions), before the spools
+      // are: records made visible from here on wake the loop again.
+      visible_pending.store(false);
       for (auto& [name, q] : queues) {
         refill(*q);
         dispatch(*q);
@@ -1984,6 +2001,10 @@ struct queue_device::impl {
     }
   } made_dir;
   int wake = -1;  // wake_fd.fd
+  // Set by wake_for_visible; cleared by the loop after it has read the
+  // eventfd and before it reads the spools, so that records made visible
+  // after that write the eventfd again.
+  std::atomic<bool> visible_pending{false};
   std::mutex completions_mu;
   std::vector<completion> completions;  // guarded by completions_mu
   std::map<std::string, std::unique_ptr<queue>> queues;

@@ -229,6 +229,7 @@ class spool_writer {
     batch_parts parts;
     std::vector<flat_entry> flat;  // the batch's entries in write order
     std::size_t written = 0;       // flat[0, written) are in the file
+    bool published = false;        // visible to cursors already (visible_before_sync)
     std::size_t first_mark_entry = 0;
     std::error_code werr;          // why the rest are not
     std::uint32_t first_head = 0, last_head = 0;
@@ -248,6 +249,7 @@ class spool_writer {
   // caller must call before complete().
   [[nodiscard]] bool write_slot(slot& s, std::vector<position>& marks, bool force_sync);
   bool complete(slot& s);  // false: not every entry was written
+  void publish(slot& s);   // the written records become visible to cursors and mark_done
   void report(slot& s);     // complete(), then the slot is empty for the next batch
   void finish_in_flight();  // waits for the in-flight batch's sync and reports it
   std::error_code roll();
@@ -835,6 +837,7 @@ bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   std::vector<flat_entry>& batch = s.flat;
   batch.clear();
   s.written = 0;
+  s.published = false;
   s.werr = {};
   s.rolled = false;
   s.first_head = s.last_head = head_;
@@ -946,6 +949,10 @@ bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   // is a hint (docs/spool-format.md), and the next append's sync covers it,
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
   const bool appended = std::min(written, first_mark_entry) > 0;
+  if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && appended && !faulted_.load()) {
+    publish(s);  // in write order: every batch before this one was published when written
+    if (opts_.after_visible) opts_.after_visible();
+  }
   if (opts_.fsync == fsync_policy::always && appended && !force_sync &&
       appended_bytes >= async_sync_bytes && have_sync_thread()) {
     return true;
@@ -968,7 +975,26 @@ bool spool_writer::complete(slot& s) {
     if (s.callbacks && opts_.after_callbacks) opts_.after_callbacks();
     return false;
   }
-  // Publish: the new records become visible to cursors and mark_done.
+  if (!s.published) publish(s);
+  if (s.rolled) {
+    std::lock_guard lk(qmu_);
+    reclaim_req_ = true;
+  }
+  for (std::size_t k = 0; k < batch.size(); ++k) {
+    if (!batch[k].e->cb) continue;
+    if (k < written)
+      batch[k].e->cb({batch[k].pos, {}});
+    else
+      batch[k].e->cb({{}, s.werr});
+  }
+  if (s.callbacks && opts_.after_callbacks) opts_.after_callbacks();
+  return written == batch.size();
+}
+
+void spool_writer::publish(slot& s) {
+  const std::vector<flat_entry>& batch = s.flat;
+  const std::size_t written = s.written;
+  s.published = true;
   {
     std::lock_guard lk(state_->mu);
     const std::int64_t now = now_ms();
@@ -994,19 +1020,6 @@ bool spool_writer::complete(slot& s) {
     }
     state_->head = s.last_head;
   }
-  if (s.rolled) {
-    std::lock_guard lk(qmu_);
-    reclaim_req_ = true;
-  }
-  for (std::size_t k = 0; k < batch.size(); ++k) {
-    if (!batch[k].e->cb) continue;
-    if (k < written)
-      batch[k].e->cb({batch[k].pos, {}});
-    else
-      batch[k].e->cb({{}, s.werr});
-  }
-  if (s.callbacks && opts_.after_callbacks) opts_.after_callbacks();
-  return written == batch.size();
 }
 
 void spool_writer::reclaim_now() {

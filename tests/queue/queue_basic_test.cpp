@@ -1,5 +1,6 @@
 // The queue device in-process: a device thread, reliable clients over tcp
 // and ipc on 127.0.0.1, real spools on disk.
+#include <postbox/detail/spool_state.hpp>
 #include <postbox/devices/queue.hpp>
 #include <postbox/queue_client.hpp>
 
@@ -8,8 +9,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <map>
+#include <optional>
 #include <thread>
+
+#include <unistd.h>
 
 using namespace postbox;
 using namespace std::chrono_literals;
@@ -17,6 +22,17 @@ using namespace std::chrono_literals;
 namespace {
 
 using test::running_device;
+
+// Holds every fdatasync of the device's spools while gate_closed is set.
+std::atomic<bool> gate_closed{false};
+std::atomic<int> held_syncs{0};
+int gated_fdatasync(int fd) {
+  if (gate_closed.load()) {
+    ++held_syncs;
+    while (gate_closed.load()) std::this_thread::sleep_for(1ms);
+  }
+  return ::fdatasync(fd);
+}
 
 devices::queue_config test_config(const test::temp_dir& dir, test::transport_kind t) {
   devices::queue_config c;
@@ -90,6 +106,51 @@ TEST_CASE("queue: the device's spools sync at most every sync_spacing while mess
 
   cfg.sync_spacing = 101ms;
   CHECK_THROWS_AS(devices::queue_device(ctx, cfg), config_error);
+}
+
+TEST_CASE("queue: a message goes to a consumer while its sync runs, and its producer's confirm "
+          "waits for the sync",
+          "[queue]") {
+  test::temp_dir dir;
+  context ctx;
+  struct restore_io {
+    detail::spool_io saved = detail::spool_io_calls();
+    ~restore_io() {
+      gate_closed = false;
+      detail::spool_io_calls() = saved;
+    }
+  } restore;
+  gate_closed = false;
+  held_syncs = 0;
+  detail::spool_io_calls().fdatasync = &gated_fdatasync;  // before any spool opens
+  running_device dev(ctx, test_config(dir, test::transport_kind::ipc));
+  producer p(ctx, dev.clients(), "jobs");
+  consumer c(ctx, dev.clients(), {"jobs"});
+  // The queue's spools exist before the syncs are held (opening one syncs).
+  REQUIRE(p.send(message("video", "first")).ok);
+  auto first = c.receive(5s);
+  REQUIRE(first);  // not acked yet: a done mark would want a sync of its own
+
+  gate_closed = true;
+  std::optional<confirm> confirmed;
+  p.send_async(message("video", "second"), [&](const confirm& r) { confirmed = r; });
+  (void)p.poll(0ms);  // hands it to libzmq
+  auto second = c.receive(10s);
+  REQUIRE(second);
+  CHECK(second->msg.payload() == "second");
+  (void)p.poll(50ms);
+  CHECK(held_syncs.load() >= 1);
+  CHECK_FALSE(confirmed);  // its sync has not returned
+
+  gate_closed = false;
+  REQUIRE(test::wait_until([&] {
+    (void)p.poll(10ms);
+    return confirmed.has_value();
+  }));
+  CHECK(confirmed->ok);
+  c.ack(*first);
+  c.ack(*second);
+  dev.stop();
 }
 
 TEST_CASE("queue: a nacked message comes back with its attempt count", "[queue]") {

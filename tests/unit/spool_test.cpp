@@ -81,6 +81,17 @@ int timed_fdatasync(int fd) {
   return ::fdatasync(fd);
 }
 
+// Holds every fdatasync while gate_closed is set, counting the held ones.
+std::atomic<bool> gate_closed{false};
+std::atomic<int> held_syncs{0};
+int gated_fdatasync(int fd) {
+  if (gate_closed.load()) {
+    ++held_syncs;
+    while (gate_closed.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return ::fdatasync(fd);
+}
+
 // What the file holds and what a returned fdatasync covers, for one segment:
 // a write ends at written_end; a sync that returns covers what was written
 // before it started. A slow sync leaves time to write the next batch.
@@ -313,6 +324,59 @@ TEST_CASE("spool: under always, appends that come soon after a sync wait to shar
   const auto after_flush = starts();
   REQUIRE(after_flush.size() > before_flush.size());
   CHECK(after_flush[before_flush.size()] - before_flush.back() < spacing);
+}
+
+TEST_CASE("spool: with visible_before_sync a cursor reads a record while its fdatasync runs, "
+          "and its callback still waits for the sync; without, the cursor waits too",
+          "[unit][spool]") {
+  const bool early = GENERATE(true, false);
+  INFO("visible_before_sync " << early);
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &gated_fdatasync;
+  gate_closed = false;
+  held_syncs = 0;
+  std::atomic<int> told{0};
+  postbox::spool s(dir.path(), {.visible_before_sync = early, .after_visible = [&] { ++told; }});
+  REQUIRE(!s.append_and_wait(payload(0)).error);
+  const int told_before = told.load();
+  CHECK(told_before == (early ? 1 : 0));
+
+  gate_closed = true;
+  std::atomic<bool> durable{false};
+  std::atomic<int> errors{0};
+  REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& o) {
+    if (o.error) ++errors;
+    durable = true;
+  }) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));  // its sync, held
+  CHECK(read_all(s).size() == (early ? 2u : 1u));
+  CHECK(s.stats().pending == (early ? 2u : 1u));
+  CHECK(told.load() == told_before + (early ? 1 : 0));
+  CHECK_FALSE(durable.load());
+
+  gate_closed = false;
+  REQUIRE(postbox::test::wait_until([&] { return durable.load(); }));
+  CHECK(errors.load() == 0);
+  CHECK(read_all(s).size() == 2);
+}
+
+TEST_CASE("spool: with visible_before_sync, a record made visible before its fdatasync failed is "
+          "still reported failed, never durable",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &faulty_fdatasync;
+  fail_syncs = 0;
+  std::atomic<int> visible{0};
+  postbox::spool s(dir.path(), {.visible_before_sync = true, .after_visible = [&] { ++visible; }});
+  REQUIRE(!s.append_and_wait(payload(0)).error);
+  fail_syncs = EIO;
+  const auto failed = s.append_and_wait(payload(1));
+  fail_syncs = 0;
+  CHECK(failed.error == std::error_code(EIO, std::generic_category()));
+  CHECK(visible.load() == 2);  // it was visible before its sync failed
+  CHECK(s.append_and_wait(payload(2)).error);  // and the spool stays faulted
 }
 
 TEST_CASE("spool: under always, an appender held back by a full lane does not wait out "

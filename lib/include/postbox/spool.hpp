@@ -56,6 +56,16 @@ struct spool_options {
   /// only collect outcomes (no lock, no wake-up per record) hands them on
   /// here, once per batch. Must not call back into this spool. Optional.
   std::function<void()> after_callbacks = nullptr;
+  /// Under always: a batch's records become visible to cursors (and to
+  /// mark_done) once written, before the fdatasync that makes them durable;
+  /// their callbacks still wait for it. A reader gets a record about one
+  /// sync sooner, but if that sync fails it may have read a record whose
+  /// append then failed. Off: a record is visible once durable.
+  bool visible_before_sync = false;
+  /// With visible_before_sync: called on the writer thread when a batch's
+  /// records have become visible, before its sync, so that a reader can be
+  /// woken. Must not call back into this spool. Optional.
+  std::function<void()> after_visible = nullptr;
 };
 
 /// Where a record lives: segment number and byte offset of its header.
@@ -130,7 +140,8 @@ class spool_writer;
 }  // namespace detail
 
 /// Reads records in position order from the segment files (not from memory).
-/// Sees only records already reported durable. Holds the spool's shared
+/// Sees only records already reported durable (with visible_before_sync:
+/// already written, their sync under way). Holds the spool's shared
 /// state, so it stays valid after the spool is closed (then it reads what was
 /// on disk). One thread at a time per cursor; many cursors may run at once.
 class cursor {
