@@ -52,8 +52,11 @@ cursor::~cursor() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-// Makes bytes [offset, offset+n) of segment fd_segment_ available in buf_.
-bool cursor::fill(std::uint32_t offset, std::size_t n) noexcept {
+// Makes bytes [offset, offset+n) of segment fd_segment_ available in buf_,
+// reading ahead no further than `published` (the segment's visible end):
+// bytes beyond it may be a batch still being written, which a failed write
+// truncates and the next batch overwrites.
+bool cursor::fill(std::uint32_t offset, std::size_t n, std::uint64_t published) noexcept {
   if (offset >= buf_offset_ && offset + std::uint64_t{n} <= buf_offset_ + buf_len_) return true;
   try {
     if (buf_.size() < std::max(n, read_chunk)) buf_.resize(std::max(n, read_chunk));
@@ -62,8 +65,10 @@ bool cursor::fill(std::uint32_t offset, std::size_t n) noexcept {
   }
   buf_offset_ = offset;
   buf_len_ = 0;
+  if (offset + std::uint64_t{n} > published) return false;
+  const auto room = static_cast<std::size_t>(std::min<std::uint64_t>(buf_.size(), published - offset));
   while (buf_len_ < n) {
-    const ssize_t r = ::pread(fd_, buf_.data() + buf_len_, buf_.size() - buf_len_,
+    const ssize_t r = ::pread(fd_, buf_.data() + buf_len_, room - buf_len_,
                               static_cast<off_t>(offset + buf_len_));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
@@ -75,6 +80,7 @@ bool cursor::fill(std::uint32_t offset, std::size_t n) noexcept {
 read_status cursor::next(spool_record& out) noexcept {
   while (true) {
     std::uint32_t offset = 0;
+    std::uint64_t published = 0;  // the segment's visible end
     {
       std::lock_guard lk(state_->mu);
       auto it = state_->segments.lower_bound(pos_.segment);
@@ -94,6 +100,7 @@ read_status cursor::next(spool_record& out) noexcept {
         continue;
       }
       offset = s.offsets[k];
+      published = s.bytes;
     }
     if (fd_ < 0 || fd_segment_ != pos_.segment) {
       if (fd_ >= 0) ::close(fd_);
@@ -113,11 +120,11 @@ read_status cursor::next(spool_record& out) noexcept {
     }
     out.pos = {pos_.segment, offset};
     pos_.offset = offset + 1;  // past this record's start, whatever happens below
-    if (!fill(offset, fmt::record_header_size)) return read_status::corrupt;
+    if (!fill(offset, fmt::record_header_size, published)) return read_status::corrupt;
     const unsigned char* h = reinterpret_cast<const unsigned char*>(buf_.data()) +
                              (offset - buf_offset_);
     const std::uint32_t length = fmt::load_u32(h + 4);
-    if (length > (1u << 30) || !fill(offset, fmt::record_header_size + std::size_t{length}))
+    if (length > (1u << 30) || !fill(offset, fmt::record_header_size + std::size_t{length}, published))
       return read_status::corrupt;
     h = reinterpret_cast<const unsigned char*>(buf_.data()) + (offset - buf_offset_);
     if (crc32c_mask(crc32c(h + 4, fmt::record_header_size - 4 + length)) != fmt::load_u32(h) ||

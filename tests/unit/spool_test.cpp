@@ -92,6 +92,19 @@ int gated_fdatasync(int fd) {
   return ::fdatasync(fd);
 }
 
+// Writes all it is given, then, while failing_write_held is set, waits,
+// and fails with ENOSPC: the bytes of a batch that will be refused sit in
+// the file for as long as the test likes.
+std::atomic<bool> failing_write_armed{false}, failing_write_held{false}, failing_write_done{false};
+ssize_t held_failing_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
+  if (!failing_write_armed.exchange(false)) return ::pwrite(fd, buf, n, off);
+  if (::pwrite(fd, buf, n, off) != static_cast<ssize_t>(n)) return -1;
+  failing_write_done = true;
+  while (failing_write_held.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  errno = ENOSPC;
+  return -1;
+}
+
 // What the file holds and what a returned fdatasync covers, for one segment:
 // a write ends at written_end; a sync that returns covers what was written
 // before it started. A slow sync leaves time to write the next batch.
@@ -336,15 +349,19 @@ TEST_CASE("spool: with visible_before_sync a cursor reads a record while its fda
   postbox::detail::spool_io_calls().fdatasync = &gated_fdatasync;
   gate_closed = false;
   held_syncs = 0;
-  std::atomic<int> told{0};
+  std::atomic<int> told{0}, errors{0};
+  std::atomic<bool> durable{false};
   postbox::spool s(dir.path(), {.visible_before_sync = early, .after_visible = [&] { ++told; }});
+  // Declared after the spool: a failed REQUIRE opens the gate before the
+  // spool's destructor waits for its writer.
+  struct open_gate {
+    ~open_gate() { gate_closed = false; }
+  } opener;
   REQUIRE(!s.append_and_wait(payload(0)).error);
   const int told_before = told.load();
   CHECK(told_before == (early ? 1 : 0));
 
   gate_closed = true;
-  std::atomic<bool> durable{false};
-  std::atomic<int> errors{0};
   REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& o) {
     if (o.error) ++errors;
     durable = true;
@@ -359,6 +376,99 @@ TEST_CASE("spool: with visible_before_sync a cursor reads a record while its fda
   REQUIRE(postbox::test::wait_until([&] { return durable.load(); }));
   CHECK(errors.load() == 0);
   CHECK(read_all(s).size() == 2);
+}
+
+TEST_CASE("spool: with visible_before_sync, a batch large enough for the sync thread and "
+          "rolling through segments is read whole and in order, and reopens the same",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &gated_fdatasync;
+  gate_closed = false;
+  held_syncs = 0;
+  constexpr int n = 300;
+  std::atomic<int> outstanding{n + 1}, errors{0};
+  std::vector<std::string> want;
+  {
+    postbox::spool s(dir.path(), {.segment_size = 64 * 1024, .visible_before_sync = true});
+    struct open_gate {
+      ~open_gate() { gate_closed = false; }
+    } opener;
+    auto done = [&](const postbox::append_outcome& o) {
+      if (o.error) ++errors;
+      --outstanding;
+    };
+    // While the first append's sync is held, 300 KiB queue up for one batch.
+    gate_closed = true;
+    want.push_back(payload(0));
+    REQUIRE(s.append(want.back(), done) == postbox::append_status::queued);
+    REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+    for (int i = 1; i <= n; ++i) {
+      want.push_back(std::to_string(i) + std::string(1000, 'r'));
+      REQUIRE(s.append(want.back(), done) == postbox::append_status::queued);
+    }
+    gate_closed = false;
+    REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));
+    CHECK(errors.load() == 0);
+    std::vector<std::string> got;
+    position last{};
+    for (const auto& [pos, data] : read_all(s)) {
+      CHECK(last < pos);
+      last = pos;
+      got.push_back(data);
+    }
+    CHECK(got == want);
+    CHECK(last.segment > 1);  // it rolled
+  }
+  postbox::spool again(dir.path());
+  std::vector<std::string> reopened;
+  for (const auto& rec : read_all(again)) reopened.push_back(rec.second);
+  CHECK(reopened == want);
+}
+
+TEST_CASE("spool: a cursor does not keep the bytes of a batch being written, which a failed "
+          "write takes back and the next batch overwrites",
+          "[unit][spool]") {
+  const bool early = GENERATE(true, false);
+  INFO("visible_before_sync " << early);
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().pwrite = &held_failing_pwrite;
+  failing_write_armed = false;
+  failing_write_held = true;
+  failing_write_done = false;
+  postbox::spool s(dir.path(), {.visible_before_sync = early});
+  struct release {
+    ~release() { failing_write_held = false; }
+  } releaser;  // after the spool: its writer is never left waiting
+  const auto first = s.append_and_wait("first record");
+  REQUIRE(!first.error);
+
+  // The refused batch's bytes reach the file; a cursor reads the record
+  // before them, reading ahead as it does.
+  failing_write_armed = true;
+  std::atomic<bool> refused_done{false};
+  std::error_code refused_error;
+  REQUIRE(s.append("refused record", [&](const postbox::append_outcome& o) {
+    refused_error = o.error;
+    refused_done = true;
+  }) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([] { return failing_write_done.load(); }));
+  auto c = s.read_from({}, false);
+  postbox::spool_record r;
+  REQUIRE(c.next(r) == postbox::read_status::ok);
+  CHECK(r.data == "first record");
+
+  // Refused, the file cut back; the next record takes the same place.
+  failing_write_held = false;
+  REQUIRE(postbox::test::wait_until([&] { return refused_done.load(); }));
+  CHECK(refused_error == std::error_code(ENOSPC, std::generic_category()));
+  const auto next = s.append_and_wait("second record");
+  REQUIRE(!next.error);
+  REQUIRE(c.next(r) == postbox::read_status::ok);
+  CHECK(r.pos == next.pos);
+  CHECK(r.data == "second record");
+  CHECK(c.next(r) == postbox::read_status::end);
 }
 
 TEST_CASE("spool: with visible_before_sync, a record made visible before its fdatasync failed is "

@@ -163,7 +163,7 @@ class cursor {
  private:
   friend class spool;
   cursor(std::shared_ptr<detail::spool_state> state, position from, bool only_pending);
-  bool fill(std::uint32_t offset, std::size_t n) noexcept;
+  bool fill(std::uint32_t offset, std::size_t n, std::uint64_t published) noexcept;
 
   std::shared_ptr<detail::spool_state> state_;
   position pos_;
