@@ -950,7 +950,10 @@ bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
   const bool appended = std::min(written, first_mark_entry) > 0;
   if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && appended && !faulted_.load()) {
-    publish(s);  // in write order: every batch before this one was published when written
+    // In write order: every batch before this one with records in it was
+    // published when written; one of done records alone was reported (and
+    // published) before this one was taken.
+    publish(s);
     if (opts_.after_visible) opts_.after_visible();
   }
   if (opts_.fsync == fsync_policy::always && appended && !force_sync &&

@@ -124,6 +124,12 @@ TEST_CASE("queue: a message goes to a consumer while its sync runs, and its prod
   held_syncs = 0;
   detail::spool_io_calls().fdatasync = &gated_fdatasync;  // before any spool opens
   running_device dev(ctx, test_config(dir, test::transport_kind::ipc));
+  // Declared after the device: a failed REQUIRE opens the gate before the
+  // device's shutdown waits for its spools' writers.
+  struct open_gate {
+    ~open_gate() { gate_closed = false; }
+  } opener;
+  std::optional<confirm> confirmed;  // before the producer, whose callback sets it
   producer p(ctx, dev.clients(), "jobs");
   consumer c(ctx, dev.clients(), {"jobs"});
   // The queue's spools exist before the syncs are held (opening one syncs).
@@ -132,7 +138,6 @@ TEST_CASE("queue: a message goes to a consumer while its sync runs, and its prod
   REQUIRE(first);  // not acked yet: a done mark would want a sync of its own
 
   gate_closed = true;
-  std::optional<confirm> confirmed;
   p.send_async(message("video", "second"), [&](const confirm& r) { confirmed = r; });
   (void)p.poll(0ms);  // hands it to libzmq
   auto second = c.receive(10s);

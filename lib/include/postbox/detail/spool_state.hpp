@@ -15,13 +15,14 @@
 
 namespace postbox::detail {
 
-/// One live segment: offsets of its durable data records (4 bytes each) and
-/// a done bit per record. No payload bytes.
+/// One live segment: offsets of its visible data records (durable ones; with
+/// visible_before_sync, written ones) (4 bytes each) and a done bit per
+/// record. No payload bytes.
 struct segment_index {
   std::vector<std::uint32_t> offsets;  // ascending
   std::vector<std::uint64_t> done_bits;
   std::uint64_t done = 0;
-  std::uint64_t bytes = 0;           // durable bytes in the file, header included
+  std::uint64_t bytes = 0;           // visible bytes in the file, header included
   std::int64_t last_write_ms = 0;    // system_clock, for retention_time
 
   [[nodiscard]] std::size_t find(std::uint32_t offset) const noexcept {
