@@ -59,8 +59,9 @@ struct spool_options {
   /// Under always: a batch's records become visible to cursors (and to
   /// mark_done) once written, before the fdatasync that makes them durable;
   /// their callbacks still wait for it. A reader gets a record about one
-  /// sync sooner, but if that sync fails it may have read a record whose
-  /// append then failed. Off: a record is visible once durable.
+  /// sync sooner, but if that sync fails, a record whose append failed
+  /// stays visible until the spool is reopened. Off: a record is visible
+  /// once durable.
   bool visible_before_sync = false;
   /// With visible_before_sync: called on the writer thread when a batch's
   /// records have become visible, before its sync, so that a reader can be
