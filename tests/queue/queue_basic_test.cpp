@@ -9,12 +9,9 @@
 
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <map>
 #include <optional>
 #include <thread>
-
-#include <unistd.h>
 
 using namespace postbox;
 using namespace std::chrono_literals;
@@ -22,17 +19,6 @@ using namespace std::chrono_literals;
 namespace {
 
 using test::running_device;
-
-// Holds every fdatasync of the device's spools while gate_closed is set.
-std::atomic<bool> gate_closed{false};
-std::atomic<int> held_syncs{0};
-int gated_fdatasync(int fd) {
-  if (gate_closed.load()) {
-    ++held_syncs;
-    while (gate_closed.load()) std::this_thread::sleep_for(1ms);
-  }
-  return ::fdatasync(fd);
-}
 
 devices::queue_config test_config(const test::temp_dir& dir, test::transport_kind t) {
   devices::queue_config c;
@@ -115,20 +101,13 @@ TEST_CASE("queue: a message goes to a consumer while its sync runs, and its prod
   context ctx;
   struct restore_io {
     detail::spool_io saved = detail::spool_io_calls();
-    ~restore_io() {
-      gate_closed = false;
-      detail::spool_io_calls() = saved;
-    }
+    ~restore_io() { detail::spool_io_calls() = saved; }
   } restore;
-  gate_closed = false;
-  held_syncs = 0;
-  detail::spool_io_calls().fdatasync = &gated_fdatasync;  // before any spool opens
+  using test::gate_closed;
+  using test::held_syncs;
+  test::use_gated_syncs();  // before any spool opens
   running_device dev(ctx, test_config(dir, test::transport_kind::ipc));
-  // Declared after the device: a failed REQUIRE opens the gate before the
-  // device's shutdown waits for its spools' writers.
-  struct open_gate {
-    ~open_gate() { gate_closed = false; }
-  } opener;
+  test::gate_opener opener;  // after the device: opened before its shutdown waits on its spools
   std::optional<confirm> confirmed;  // before the producer, whose callback sets it
   producer p(ctx, dev.clients(), "jobs");
   consumer c(ctx, dev.clients(), {"jobs"});

@@ -1,6 +1,8 @@
 // Test support implementation (support.hpp).
 #include "support/support.hpp"
 
+#include <postbox/detail/spool_state.hpp>
+
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -136,5 +138,24 @@ std::string forwarder_path() { return POSTBOX_FORWARDER; }
 std::string queue_path() { return POSTBOX_QUEUE; }
 
 std::string cli_path() { return POSTBOX_CLI; }
+
+std::atomic<bool> gate_closed{false};
+std::atomic<int> held_syncs{0};
+
+namespace {
+int gated_fdatasync(int fd) {
+  if (gate_closed.load()) {
+    ++held_syncs;
+    while (gate_closed.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return ::fdatasync(fd);
+}
+}  // namespace
+
+void use_gated_syncs() {
+  gate_closed = false;
+  held_syncs = 0;
+  postbox::detail::spool_io_calls().fdatasync = &gated_fdatasync;
+}
 
 }  // namespace postbox::test

@@ -2,6 +2,7 @@
 // condition with a deadline (never a fixed sleep), and child processes.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -73,5 +74,22 @@ class child {
 
 /// The postbox command-line tool's path.
 [[nodiscard]] std::string cli_path();
+
+/// Holding the spools' syncs: from use_gated_syncs() on, every fdatasync a
+/// spool makes (detail::spool_io_calls) waits while gate_closed is set, and
+/// held_syncs counts those that waited. Call it before the spools open, with
+/// the real calls saved to be restored after they close.
+extern std::atomic<bool> gate_closed;
+extern std::atomic<int> held_syncs;
+void use_gated_syncs();
+/// Declared after the spools (or device) a test holds: opens the gate before
+/// they are destroyed, whose writers would wait for a held sync, also when a
+/// REQUIRE fails with the gate closed.
+struct gate_opener {
+  gate_opener() = default;
+  gate_opener(const gate_opener&) = delete;
+  gate_opener& operator=(const gate_opener&) = delete;
+  ~gate_opener() { gate_closed = false; }
+};
 
 }  // namespace postbox::test

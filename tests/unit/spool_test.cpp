@@ -81,16 +81,10 @@ int timed_fdatasync(int fd) {
   return ::fdatasync(fd);
 }
 
-// Holds every fdatasync while gate_closed is set, counting the held ones.
-std::atomic<bool> gate_closed{false};
-std::atomic<int> held_syncs{0};
-int gated_fdatasync(int fd) {
-  if (gate_closed.load()) {
-    ++held_syncs;
-    while (gate_closed.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return ::fdatasync(fd);
-}
+using postbox::test::gate_closed;
+using postbox::test::gate_opener;
+using postbox::test::held_syncs;
+using postbox::test::use_gated_syncs;
 
 // Writes all it is given, then, while failing_write_held is set, waits,
 // and fails with ENOSPC: the bytes of a batch that will be refused sit in
@@ -346,17 +340,11 @@ TEST_CASE("spool: with visible_before_sync a cursor reads a record while its fda
   INFO("visible_before_sync " << early);
   postbox::test::temp_dir dir;
   io_guard guard;
-  postbox::detail::spool_io_calls().fdatasync = &gated_fdatasync;
-  gate_closed = false;
-  held_syncs = 0;
+  use_gated_syncs();
   std::atomic<int> told{0}, errors{0};
   std::atomic<bool> durable{false};
   postbox::spool s(dir.path(), {.visible_before_sync = early, .after_visible = [&] { ++told; }});
-  // Declared after the spool: a failed REQUIRE opens the gate before the
-  // spool's destructor waits for its writer.
-  struct open_gate {
-    ~open_gate() { gate_closed = false; }
-  } opener;
+  gate_opener opener;
   REQUIRE(!s.append_and_wait(payload(0)).error);
   const int told_before = told.load();
   CHECK(told_before == (early ? 1 : 0));
@@ -383,17 +371,13 @@ TEST_CASE("spool: with visible_before_sync, a batch large enough for the sync th
           "[unit][spool]") {
   postbox::test::temp_dir dir;
   io_guard guard;
-  postbox::detail::spool_io_calls().fdatasync = &gated_fdatasync;
-  gate_closed = false;
-  held_syncs = 0;
+  use_gated_syncs();
   constexpr int n = 300;
   std::atomic<int> outstanding{n + 1}, errors{0};
   std::vector<std::string> want;
   {
     postbox::spool s(dir.path(), {.segment_size = 64 * 1024, .visible_before_sync = true});
-    struct open_gate {
-      ~open_gate() { gate_closed = false; }
-    } opener;
+    gate_opener opener;
     auto done = [&](const postbox::append_outcome& o) {
       if (o.error) ++errors;
       --outstanding;
