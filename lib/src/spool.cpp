@@ -150,6 +150,7 @@ class spool_writer {
   ~spool_writer();
 
   append_status append(std::string_view payload, append_callback cb);
+  bool write_queued();
   done_status mark_done(position p);
   std::size_t mark_done(std::span<const position> ps);
   std::error_code flush();
@@ -235,23 +236,60 @@ class spool_writer {
     std::uint32_t first_head = 0, last_head = 0;
     bool rolled = false;
     bool callbacks = false;        // appends among the entries: after_callbacks follows
+    std::uint64_t appended_bytes = 0;  // of data records written (0: none, or done records only)
   };
+  using slot_ptr = std::unique_ptr<slot>;
   // Under `always`, a large batch's fdatasync runs on the sync thread while
   // the writer writes the next batch and reports the one before: one sync
   // in flight at a time, one batch waiting for it. Smaller batches are
   // synced on the writer thread: the hand-off would cost more than it hides.
   static constexpr std::size_t async_sync_bytes = 256 * 1024;
+  // With visible_before_sync under `always` (defers_syncs()), batches are
+  // written as appends come, so that readers get them at once, and only
+  // the syncs are spaced: a batch written within sync_spacing of the last
+  // sync's start waits, written and visible, for the next sync with the
+  // batches after it. Its appender writes it (write_queued()), or the
+  // writer does, woken by the first append into an empty lane unless a
+  // sync is already wanted (it then takes the lanes when it wakes for that
+  // sync), and taking them no more often than take_spacing, so that a
+  // burst of appends is one write. The writer runs the fdatasync itself,
+  // without write_mu_ (sync_waiting()); the sync thread is not used.
+  static constexpr std::chrono::microseconds take_spacing{100};
+  // At most this many written batches wait for one sync (each holds its
+  // buffers until reported), and this many spare ones are kept.
+  static constexpr std::size_t max_waiting_slots = 64;
+  static constexpr std::size_t max_spare_slots = 8;
+  [[nodiscard]] bool defers_syncs() const noexcept {
+    return opts_.visible_before_sync && opts_.fsync == fsync_policy::always &&
+           opts_.sync_spacing.count() > 0;
+  }
 
   static std::size_t my_lane() noexcept;
   void recover();
   void run();
-  // Writes a batch; true when its sync is left to start_sync(), which the
-  // caller must call before complete().
-  [[nodiscard]] bool write_slot(slot& s, std::vector<position>& marks, bool force_sync);
+  // Under write_mu_ (as are the rest below, `wl` holding it): writes a
+  // batch, and under visible_before_sync publishes it (with after_visible
+  // when `wake_readers`); its sync is settle()'s to start.
+  void write_slot(slot& s, std::vector<position>& marks, bool wake_readers);
+  // Syncs the written batches, or leaves them to the next sync (when the
+  // spool defers syncs and the last one is recent), or hands their sync to
+  // the sync thread; then reports those whose sync has returned. `force`:
+  // a flush or closing, which syncs whatever is written.
+  void settle(bool force, std::unique_lock<std::mutex>& wl);
+  // When the spool defers syncs: syncs every written batch (without the
+  // lock while fdatasync runs) and reports them.
+  void sync_waiting(std::unique_lock<std::mutex>& wl);
   bool complete(slot& s);  // false: not every entry was written
   void publish(slot& s);   // the written records become visible to cursors and mark_done
-  void report(slot& s);     // complete(), then the slot is empty for the next batch
-  void finish_in_flight();  // waits for the in-flight batch's sync and reports it
+  // complete()s a group's batches in order (without the lock when the spool
+  // defers syncs); their slots are spare again.
+  void report_all(std::vector<slot_ptr>& group, std::unique_lock<std::mutex>& wl);
+  void finish_in_flight(std::unique_lock<std::mutex>& wl);  // waits for the in-flight sync, reports
+  void take_lanes(slot& s);  // also under a caller's qmu_ when on the writer thread
+  [[nodiscard]] slot_ptr take_spare();
+  // When the written batches' sync is due (they wait for it); max() when
+  // none waits.
+  [[nodiscard]] std::chrono::steady_clock::time_point waiting_due() const noexcept;
   std::error_code roll();
   int sync_head();  // fdatasync of the head segment; a failure is the spool's fault
   void start_sync();  // the head segment's fdatasync, on the sync thread
@@ -275,8 +313,22 @@ class spool_writer {
   std::chrono::steady_clock::time_point last_sync_start_{};  // writer thread only
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
-  std::array<slot, 2> slots_;          // writer thread only
-  slot* in_flight_ = nullptr;          // written, its sync running, not yet reported
+  // Batches move from spare_ to waiting_ (written, no sync started since),
+  // to in_flight_ (their sync running on the sync thread), and back to
+  // spare_ once reported, in write order throughout. spare_ and waiting_
+  // are under write_mu_; in_flight_ and reporting_ are the writer thread's.
+  std::vector<slot_ptr> spare_, waiting_;
+  std::vector<slot_ptr> in_flight_, reporting_;
+  std::vector<position> no_marks_;   // write_queued()'s (carried marks may join it)
+  std::chrono::steady_clock::time_point last_take_{};
+  // Held while the file is written or its head changes (the fields marked
+  // "writer thread only" above and below are under it too, when the spool
+  // defers syncs and write_queued() writes from the appending thread).
+  // Taken before qmu_.
+  std::mutex write_mu_;
+  // Set when a written batch with appends waits for a sync; cleared when
+  // one covers it. Wakes the writer (write_queued()).
+  std::atomic<bool> sync_wanted_{false};
 
   [[nodiscard]] bool lanes_empty() const noexcept {
     for (const auto& l : lanes_)
@@ -522,6 +574,15 @@ append_status spool_writer::append(std::string_view payload, append_callback cb)
     wake = l.staging.size() == framed;
     l.bytes.store(l.staging.size(), std::memory_order_release);  // a fence here costs the append
   }
+  if (wake && defers_syncs()) {
+    // While written batches wait for a sync, the writer wakes for it within
+    // sync_spacing and takes the lanes then (if write_queued() has not):
+    // no wake-up now. The fences pair with the writer's after it clears
+    // sync_wanted_: it sees this append in the lanes, or this sees the flag
+    // cleared.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sync_wanted_.load(std::memory_order_relaxed)) wake = false;
+  }
   if (wake) {
     // Under qmu_, so that the writer is either before its check of the
     // lanes or already waiting.
@@ -581,6 +642,12 @@ void spool_writer::queue_marks(std::span<const position> ps, bool full) {
     marks_.insert(marks_.end(), ps.begin(), ps.end());
     if (full) reclaim_req_ = true;
   }
+  if (defers_syncs()) {
+    // As for an append: the writer wakes for the sync that written batches
+    // wait for, and writes the marks then.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sync_wanted_.load(std::memory_order_relaxed)) return;
+  }
   writer_cv_.notify_one();
 }
 
@@ -625,11 +692,15 @@ void spool_writer::set_fault(int err) {
 }
 
 void spool_writer::run() {
-  for (std::size_t i = 0; i < lane_count; ++i) {
-    // The second slot grows as it is used: reserving both would double the
-    // address space an idle spool holds.
-    slots_[0].parts.bytes[i].reserve(reserved_bytes());
-    slots_[0].parts.entries[i].reserve(reserved_entries());
+  {
+    // Spare slots grow as they are used: reserving more than one would
+    // multiply the address space an idle spool holds.
+    auto first = std::make_unique<slot>();
+    for (std::size_t i = 0; i < lane_count; ++i) {
+      first->parts.bytes[i].reserve(reserved_bytes());
+      first->parts.entries[i].reserve(reserved_entries());
+    }
+    spare_.push_back(std::move(first));
   }
   std::vector<position> marks;
   const auto tick = opts_.retention_time.count() > 0
@@ -637,53 +708,71 @@ void spool_writer::run() {
                                                               std::chrono::seconds(1))
                         : std::chrono::milliseconds(0);
   auto next_tick = steady::now() + tick;
-  std::unique_lock lk(qmu_);
+  std::unique_lock wl(write_mu_, std::defer_lock);
+  std::unique_lock lk(qmu_, std::defer_lock);
   while (true) {
+    // When a sync is due, and how long appends wait to share it, from the
+    // file's state (write_mu_, taken before qmu_).
+    wl.lock();
+    auto deadline = waiting_due();
+    if (dirty_ && opts_.fsync != fsync_policy::never) deadline = std::min(deadline, sync_due_);
+    // Under always, appends that come while the last sync is recent wait
+    // to share the next one (sync_spacing): when the spool defers syncs,
+    // written (a burst at a time, take_spacing); otherwise, in the lanes.
+    auto not_before = steady::time_point::min();
+    if (opts_.fsync == fsync_policy::always && opts_.sync_spacing.count() > 0) {
+      if (defers_syncs())
+        not_before = last_take_ + take_spacing;
+      else if (in_flight_.empty())
+        not_before = last_sync_start_ + opts_.sync_spacing;
+    }
+    const bool wanted = sync_wanted_.load();
+    wl.unlock();
+    // Pairs with append()'s: after sync_wanted_ was cleared (sync_waiting),
+    // an append that did not wake this thread is in the lanes by now.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (tick.count() > 0) deadline = std::min(deadline, next_tick);
+
+    lk.lock();
     const auto ready = [&] {
       return stop_ || !lanes_empty() || !marks_.empty() || flush_req_ != flush_done_ ||
              reclaim_req_;
     };
-    if (!ready() && in_flight_ != nullptr) {
-      // Nothing to write yet: wait for the running sync to return (then
-      // report its batch), or for appends, which are written meanwhile.
-      const std::uint64_t started = sync_started_;  // written by this thread only
-      writer_cv_.wait(lk, [&] { return ready() || sync_finished_.load() == started; });
-      if (!ready()) {
-        lk.unlock();
-        finish_in_flight();
-        lk.lock();
-      }
-      continue;
-    }
     if (!ready()) {
-      auto deadline = steady::time_point::max();
-      if (dirty_ && opts_.fsync != fsync_policy::never) deadline = sync_due_;
-      if (tick.count() > 0) deadline = std::min(deadline, next_tick);
+      // Wait for work; for the running sync to return (then report its
+      // batches); for batches written by write_queued() that want a sync;
+      // or for a sync that is due.
+      const std::uint64_t started = sync_started_;  // written by this thread only
+      const auto synced = [&] { return !in_flight_.empty() && sync_finished_.load() == started; };
+      const auto woken = [&] { return ready() || synced() || sync_wanted_.load() != wanted; };
       if (deadline == steady::time_point::max())
-        writer_cv_.wait(lk, ready);
+        writer_cv_.wait(lk, woken);
       else
-        writer_cv_.wait_until(lk, deadline, ready);
+        writer_cv_.wait_until(lk, deadline, woken);
+      if (!ready() && (synced() || sync_wanted_.load() != wanted)) {
+        lk.unlock();
+        if (synced()) {
+          wl.lock();
+          finish_in_flight(wl);
+          wl.unlock();
+        }
+        continue;  // with the deadline worked out again
+      }
     }
-    // Under always, appends that come while the last sync is recent wait to
-    // share the next one (sync_spacing). Not a flush, nor closing, nor an
-    // appender held back by a full lane.
-    if (opts_.fsync == fsync_policy::always && opts_.sync_spacing.count() > 0 && in_flight_ == nullptr &&
-        !lanes_empty()) {
-      const auto not_before = last_sync_start_ + opts_.sync_spacing;
-      if (steady::now() < not_before)
-        writer_cv_.wait_until(lk, not_before, [&] {
-          return stop_ || flush_req_ != flush_done_ || a_lane_full();
-        });
+    if (!lanes_empty() && steady::now() < not_before) {
+      // Not a flush, nor closing, nor an appender held back by a full lane.
+      writer_cv_.wait_until(lk, not_before, [&] {
+        return stop_ || flush_req_ != flush_done_ || a_lane_full();
+      });
     }
+    // The lanes are taken under write_mu_, so that batches are written in
+    // the order taken, by this thread or by write_queued().
+    lk.unlock();
+    wl.lock();
+    lk.lock();
     const bool stopping = stop_;
-    slot& cur = in_flight_ == &slots_[0] ? slots_[1] : slots_[0];
-    for (std::size_t i = 0; i < lane_count; ++i) {
-      lane& l = lanes_[i];
-      std::lock_guard ll(l.mu);
-      cur.parts.bytes[i].swap(l.staging);
-      cur.parts.entries[i].swap(l.entries);
-      l.bytes.store(0, std::memory_order_release);
-    }
+    slot_ptr cur = take_spare();
+    take_lanes(*cur);
     marks.swap(marks_);
     const std::uint64_t flush_target = flush_req_;
     // Closing syncs whatever is written, done records included.
@@ -693,52 +782,199 @@ void spool_writer::run() {
     space_cv_.notify_all();
     lk.unlock();
 
-    cur.callbacks = !cur.parts.empty();
-    if (cur.callbacks || !marks.empty() || force_sync) {
+    cur->callbacks = !cur->parts.empty();
+    if (cur->callbacks) last_take_ = steady::now();
+    if (cur->callbacks || !marks.empty() || force_sync) {
       // A flush reports everything; a fault reports in order.
-      if (force_sync || faulted_.load()) finish_in_flight();
-      if (write_slot(cur, marks, force_sync)) {
-        // The one before is reported while this one's sync runs.
-        slot* before = std::exchange(in_flight_, &cur);
-        (void)wait_sync();
-        start_sync();
-        if (before != nullptr) report(*before);
-      } else {
-        finish_in_flight();
-        report(cur);
-      }
+      if (force_sync || faulted_.load()) finish_in_flight(wl);
+      write_slot(*cur, marks, true);
+      waiting_.push_back(std::move(cur));
+    } else {
+      spare_.push_back(std::move(cur));
     }
+    settle(force_sync, wl);
     marks.clear();
     const auto now = steady::now();
     if (dirty_ && opts_.fsync != fsync_policy::never && now >= sync_due_ && !faulted_.load()) {
-      (void)sync_head();
+      if (defers_syncs())
+        sync_waiting(wl);
+      else
+        (void)sync_head();
     }
     if (tick.count() > 0 && now >= next_tick) {
       want_reclaim = true;
       next_tick = now + tick;
     }
     if (want_reclaim && !faulted_.load()) {
-      finish_in_flight();
+      settle(true, wl);
+      finish_in_flight(wl);
       reclaim_now();
     }
+    const bool idle = waiting_.empty() && in_flight_.empty();
+    wl.unlock();
 
     lk.lock();
     flush_done_ = flush_target;
     flush_cv_.notify_all();
-    if (stopping && lanes_empty() && marks_.empty() && in_flight_ == nullptr) break;
+    const bool done = stopping && lanes_empty() && marks_.empty() && idle;
+    lk.unlock();
+    if (done) break;
   }
 }
 
-void spool_writer::finish_in_flight() {
-  if (in_flight_ == nullptr) return;
-  slot& s = *std::exchange(in_flight_, nullptr);
-  (void)wait_sync();
-  report(s);
+void spool_writer::take_lanes(slot& s) {
+  for (std::size_t i = 0; i < lane_count; ++i) {
+    lane& l = lanes_[i];
+    std::lock_guard ll(l.mu);
+    s.parts.bytes[i].swap(l.staging);
+    s.parts.entries[i].swap(l.entries);
+    l.bytes.store(0, std::memory_order_release);
+  }
 }
 
-void spool_writer::report(slot& s) {
-  (void)complete(s);
-  s.parts.clear();
+bool spool_writer::write_queued() {
+  if (!defers_syncs() || faulted_.load()) return false;
+  bool wake = false, had_full = false, was_wanted = false;
+  {
+    // The writer holds the lock while it writes what it took from the
+    // lanes (and while it starts a segment): then it is left to finish,
+    // and it takes the lanes again before it next waits.
+    std::unique_lock wl(write_mu_, std::try_to_lock);
+    if (!wl.owns_lock()) return false;
+    if (lanes_empty()) return true;  // taken by the writer, and written
+    // Read under the lock, which the writer holds when it clears it.
+    was_wanted = sync_wanted_.load();
+    std::uint64_t appended = 0;
+    for (const auto& s : waiting_) appended += s->appended_bytes;
+    std::uint64_t queued = 0;
+    for (const auto& l : lanes_) queued += l.bytes.load(std::memory_order_acquire);
+    if (waiting_.size() >= max_waiting_slots || appended >= lane_limit() ||
+        head_end_ + queued + fmt::record_header_size * 2 > opts_.segment_size) {
+      // The writer syncs what waits, or starts the next segment (syncs of
+      // its own), then takes the lanes: not on this thread.
+      wake = true;
+    } else {
+      had_full = a_lane_full();
+      slot_ptr cur = take_spare();
+      take_lanes(*cur);
+      if (cur->parts.empty()) {
+        spare_.push_back(std::move(cur));
+        return true;
+      }
+      cur->callbacks = true;
+      last_take_ = steady::now();
+      write_slot(*cur, no_marks_, false);
+      no_marks_.clear();
+      waiting_.push_back(std::move(cur));
+    }
+  }
+  // The writer learns of the first batch that wants a sync (it then waits
+  // for the sync's due time), of a wait grown too long, and of a lane it
+  // held back; not of every batch.
+  if (!wake && !had_full && (was_wanted || !sync_wanted_.load())) return true;
+  {
+    std::lock_guard lk(qmu_);
+    if (had_full) space_cv_.notify_all();
+  }
+  writer_cv_.notify_one();
+  return !wake;
+}
+
+spool_writer::slot_ptr spool_writer::take_spare() {
+  if (spare_.empty()) return std::make_unique<slot>();
+  slot_ptr s = std::move(spare_.back());
+  spare_.pop_back();
+  return s;
+}
+
+steady::time_point spool_writer::waiting_due() const noexcept {
+  for (const auto& s : waiting_)
+    if (s->appended_bytes > 0) return last_sync_start_ + opts_.sync_spacing;
+  return steady::time_point::max();
+}
+
+void spool_writer::settle(bool force, std::unique_lock<std::mutex>& wl) {
+  if (waiting_.empty()) return;
+  std::uint64_t appended = 0;
+  for (const auto& s : waiting_) appended += s->appended_bytes;
+  if (opts_.fsync == fsync_policy::always && appended > 0) {
+    if (defers_syncs()) {
+      const bool many = waiting_.size() >= max_waiting_slots || appended >= lane_limit();
+      if (!force && !faulted_.load() && !many && steady::now() < waiting_due()) {
+        return;  // written and visible; synced with what follows
+      }
+      sync_waiting(wl);
+      return;
+    }
+    if (!force && appended >= async_sync_bytes && have_sync_thread()) {
+      // The batches before are reported while these ones' sync runs.
+      std::vector<slot_ptr> before;
+      before.swap(in_flight_);
+      in_flight_.swap(waiting_);
+      (void)wait_sync();
+      start_sync();
+      report_all(before, wl);
+      return;
+    }
+    finish_in_flight(wl);  // the batches before are reported now, not after this sync
+    (void)sync_head();
+  } else if (force && dirty_) {
+    finish_in_flight(wl);
+    if (defers_syncs()) {
+      sync_waiting(wl);
+      return;
+    }
+    (void)sync_head();
+  } else {
+    finish_in_flight(wl);
+  }
+  report_all(waiting_, wl);
+}
+
+void spool_writer::sync_waiting(std::unique_lock<std::mutex>& wl) {
+  // The fdatasync runs without the write lock, so that write_queued() goes
+  // on writing (the batches it writes meanwhile wait for the next sync). On
+  // its own descriptor: a roll may close the head's meanwhile.
+  std::vector<slot_ptr> group;
+  group.swap(waiting_);
+  sync_wanted_.store(false);
+  const int fd = ::dup(head_fd_);
+  const int dup_err = errno;
+  last_sync_start_ = steady::now();
+  dirty_ = false;  // everything written so far is covered
+  wl.unlock();
+  int e = fd < 0 ? dup_err : sync_fd(fd);
+  if (fd >= 0) ::close(fd);
+  ++fsyncs_;
+  if (e != 0) set_fault(e);
+  wl.lock();
+  report_all(group, wl);
+}
+
+void spool_writer::finish_in_flight(std::unique_lock<std::mutex>& wl) {
+  if (in_flight_.empty()) return;
+  (void)wait_sync();
+  report_all(in_flight_, wl);
+}
+
+void spool_writer::report_all(std::vector<slot_ptr>& group, std::unique_lock<std::mutex>& wl) {
+  if (group.empty()) return;
+  // Callbacks run without the write lock when write_queued() may take it
+  // (they may append). Reports stay in write order: only this thread makes
+  // them, a group at a time.
+  reporting_.swap(group);
+  const bool unlock = defers_syncs();
+  if (unlock) wl.unlock();
+  for (auto& s : reporting_) {
+    (void)complete(*s);
+    s->parts.clear();
+  }
+  if (unlock) wl.lock();
+  for (auto& s : reporting_) {
+    // Keep no more spare slots (and their buffers) than a busy spool uses.
+    if (spare_.size() < max_spare_slots) spare_.push_back(std::move(s));
+  }
+  reporting_.clear();
 }
 
 bool spool_writer::have_sync_thread() noexcept {
@@ -832,7 +1068,7 @@ std::error_code spool_writer::roll() {
   return {};
 }
 
-bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_sync) {
+void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool wake_readers) {
   batch_parts& parts = s.parts;
   std::vector<flat_entry>& batch = s.flat;
   batch.clear();
@@ -841,12 +1077,13 @@ bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   s.werr = {};
   s.rolled = false;
   s.first_head = s.last_head = head_;
+  s.appended_bytes = 0;
   if (faulted_.load()) {
     // Reported by complete(): nothing is written.
     for (auto& part : parts.entries)
       for (auto& en : part) batch.push_back({&en, nullptr, {}});
     s.first_mark_entry = batch.size();
-    return false;
+    return;
   }
   // Done marks become done records at the end of the batch.
   if (!carry_marks_.empty()) {
@@ -948,23 +1185,16 @@ bool spool_writer::write_slot(slot& s, std::vector<position>& marks, bool force_
   // Under `always` a batch of done records alone is not synced: a done mark
   // is a hint (docs/spool-format.md), and the next append's sync covers it,
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
-  const bool appended = std::min(written, first_mark_entry) > 0;
-  if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && appended && !faulted_.load()) {
+  s.appended_bytes = std::min(written, first_mark_entry) > 0 ? std::max<std::uint64_t>(appended_bytes, 1) : 0;
+  if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && s.appended_bytes > 0 &&
+      !faulted_.load()) {
     // In write order: every batch before this one with records in it was
     // published when written; one of done records alone was reported (and
     // published) before this one was taken.
     publish(s);
-    if (opts_.after_visible) opts_.after_visible();
+    if (wake_readers && opts_.after_visible) opts_.after_visible();
   }
-  if (opts_.fsync == fsync_policy::always && appended && !force_sync &&
-      appended_bytes >= async_sync_bytes && have_sync_thread()) {
-    return true;
-  }
-  if ((opts_.fsync == fsync_policy::always && appended) || (force_sync && dirty_)) {
-    finish_in_flight();  // the batch before is reported now, not after this sync
-    (void)sync_head();
-  }
-  return false;
+  if (s.appended_bytes > 0 && defers_syncs()) sync_wanted_.store(true);
 }
 
 bool spool_writer::complete(slot& s) {
@@ -1021,7 +1251,9 @@ void spool_writer::publish(slot& s) {
       h.bytes = std::max<std::uint64_t>(h.bytes, fmt::segment_header_size);
       if (h.last_write_ms == 0) h.last_write_ms = now;
     }
-    state_->head = s.last_head;
+    // A batch of done records alone may be reported after later batches
+    // (written by write_queued()) were published.
+    state_->head = std::max(state_->head, s.last_head);
   }
 }
 
@@ -1054,7 +1286,8 @@ void spool_writer::reclaim_now() {
   }
   if (!restate.empty()) {
     slot none;
-    (void)write_slot(none, restate, true);  // forced: synced in line
+    write_slot(none, restate, false);
+    if (dirty_) (void)sync_head();  // whatever the policy: before the segments go
     if (!complete(none)) return;
   }
   {
@@ -1091,6 +1324,8 @@ append_outcome spool::append_and_wait(std::string_view payload) {
   }
   return {{}, std::make_error_code(std::errc::io_error)};
 }
+
+bool spool::write_queued() { return impl_->write_queued(); }
 
 done_status spool::mark_done(position p) { return impl_->mark_done(p); }
 

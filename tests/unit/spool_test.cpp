@@ -410,6 +410,208 @@ TEST_CASE("spool: with visible_before_sync, a batch large enough for the sync th
   CHECK(reopened == want);
 }
 
+// The thread each pwrite ran on, in order.
+std::mutex write_threads_mu;
+std::vector<std::thread::id> write_threads;
+ssize_t thread_noting_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
+  {
+    std::lock_guard lk(write_threads_mu);
+    write_threads.push_back(std::this_thread::get_id());
+  }
+  return ::pwrite(fd, buf, n, off);
+}
+
+TEST_CASE("spool: write_queued writes what was appended on the calling thread, readable when it "
+          "returns, while the writer is held in a sync; the callback waits for the next sync",
+          "[unit][spool]") {
+  // With sync_spacing 0 syncs are not deferred, and write_queued leaves the
+  // writing to the writer thread.
+  const bool deferred = GENERATE(true, false);
+  INFO("syncs deferred " << deferred);
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  use_gated_syncs();
+  postbox::detail::spool_io_calls().pwrite = &thread_noting_pwrite;
+  std::atomic<int> told{0}, durable{0}, errors{0};
+  postbox::spool s(dir.path(), {.sync_spacing = deferred ? std::chrono::microseconds(1000)
+                                                        : std::chrono::microseconds(0),
+                                .visible_before_sync = true,
+                                .after_visible = [&] { ++told; }});
+  gate_opener opener;
+  auto done = [&](const postbox::append_outcome& o) {
+    if (o.error) ++errors;
+    ++durable;
+  };
+  // The writer writes the first record, and is held in its sync.
+  gate_closed = true;
+  REQUIRE(s.append(payload(0), done) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+  CHECK(told.load() == 1);
+  CHECK(read_all(s).size() == 1);
+  {
+    std::lock_guard lk(write_threads_mu);
+    write_threads.clear();
+  }
+
+  REQUIRE(s.append(payload(1), done) == postbox::append_status::queued);
+  REQUIRE(s.append(payload(2), done) == postbox::append_status::queued);
+  CHECK(s.write_queued() == deferred);
+  const auto seen = read_all(s);
+  CHECK(told.load() == 1);  // the caller knows: no after_visible for its own write
+  CHECK(durable.load() == 0);
+  {
+    std::lock_guard lk(write_threads_mu);
+    if (deferred) {
+      REQUIRE(seen.size() == 3);  // written, both in one write, on this thread
+      CHECK(seen[1].second == payload(1));
+      CHECK(seen[2].second == payload(2));
+      REQUIRE(write_threads.size() == 1);
+      CHECK(write_threads[0] == std::this_thread::get_id());
+    } else {
+      CHECK(seen.size() == 1);  // still queued for the writer
+      CHECK(write_threads.empty());
+    }
+  }
+
+  gate_closed = false;
+  REQUIRE(postbox::test::wait_until([&] { return durable.load() == 3; }));
+  CHECK(errors.load() == 0);
+  CHECK(s.stats().fsyncs >= 2);  // the first record's, then one covering the two
+  const auto all = read_all(s);
+  REQUIRE(all.size() == 3);
+  CHECK(all[2].second == payload(2));
+}
+
+TEST_CASE("spool: write_queued beside the writer thread keeps each thread's records in order "
+          "across segment rolls, syncs before reporting, and reopens the same",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  constexpr int per_thread = 2000;
+  std::vector<std::string> mine, theirs;
+  std::atomic<int> outstanding{2 * per_thread}, errors{0};
+  {
+    postbox::spool s(dir.path(), {.segment_size = 16 * 1024, .visible_before_sync = true});
+    auto done = [&](const postbox::append_outcome& o) {
+      if (o.error) ++errors;
+      --outstanding;
+    };
+    // Another thread appends and leaves the writing to the writer.
+    std::atomic<int> refused{0};  // (no assertions off the test's thread)
+    std::thread other([&] {
+      for (int i = 0; i < per_thread; ++i)
+        if (s.append("theirs " + std::to_string(i), done) != postbox::append_status::queued) ++refused;
+    });
+    // This one writes its own every few appends, and reads as it goes.
+    auto c = s.read_from({}, false);
+    postbox::spool_record r;
+    int calls = 0, written = 0, last_found = -1;
+    for (int i = 0; i < per_thread; ++i) {
+      REQUIRE(s.append("mine " + std::to_string(i), done) == postbox::append_status::queued);
+      if (i % 7 != 6) continue;
+      ++calls;
+      const bool wrote = s.write_queued();
+      while (c.next(r) == postbox::read_status::ok)
+        if (r.data.starts_with("mine ")) last_found = std::stoi(r.data.substr(5));
+      // A pause as between a reader's turns: at full speed this thread
+      // writes batches faster than syncs come, and many waiting for one
+      // are left to the writer.
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (!wrote) continue;  // left to the writer (a roll, or many batches waiting)
+      ++written;
+      CHECK(last_found == i);  // this thread's last append is readable now
+    }
+    // How many it wrote depends on how fast the disk syncs (many batches
+    // waiting for one are left to the writer); that it writes is tested
+    // above, deterministically.
+    CHECK(written > 0);
+    CHECK(calls == per_thread / 7);
+    other.join();
+    CHECK(refused.load() == 0);
+    CHECK(!s.flush());
+    CHECK(outstanding.load() == 0);
+    CHECK(errors.load() == 0);
+    CHECK(s.segments().size() > 3);  // it rolled, several times
+    for (const auto& [pos, data] : read_all(s)) (data.starts_with("mine ") ? mine : theirs).push_back(data);
+  }
+  auto in_order = [](const std::vector<std::string>& got, const std::string& prefix) {
+    if (got.size() != per_thread) return false;
+    for (int i = 0; i < per_thread; ++i)
+      if (got[static_cast<std::size_t>(i)] != prefix + std::to_string(i)) return false;
+    return true;
+  };
+  CHECK(in_order(mine, "mine "));
+  CHECK(in_order(theirs, "theirs "));
+  postbox::spool again(dir.path());
+  CHECK(read_all(again).size() == 2 * per_thread);
+}
+
+TEST_CASE("spool: with syncs deferred, an append made while a sync is wanted is written and "
+          "synced with it, the one sync sync_spacing after the last",
+          "[unit][spool]") {
+  using namespace std::chrono_literals;
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &timed_fdatasync;
+  {
+    std::lock_guard lk(sync_starts_mu);
+    sync_starts.clear();
+  }
+  constexpr auto spacing = 80ms;  // under fsync_interval, which would sync sooner
+  postbox::spool s(dir.path(), {.sync_spacing = spacing, .visible_before_sync = true});
+  REQUIRE(!s.append_and_wait(payload(0)).error);  // synced at once
+  std::size_t before = 0;  // the new segment's syncs, and that one
+  {
+    std::lock_guard lk(sync_starts_mu);
+    before = sync_starts.size();
+  }
+  REQUIRE(before > 0);
+  std::atomic<int> durable{0}, errors{0};
+  auto done = [&](const postbox::append_outcome& o) {
+    if (o.error) ++errors;
+    ++durable;
+  };
+  REQUIRE(s.append(payload(1), done) == postbox::append_status::queued);
+  CHECK(s.write_queued());  // written; a sync is wanted
+  std::this_thread::sleep_for(5ms);
+  // Appended with no write_queued(): the writer is not woken for it, and
+  // takes it when it wakes for the wanted sync.
+  REQUIRE(s.append(payload(2), done) == postbox::append_status::queued);
+  const auto queued = std::chrono::steady_clock::now();
+  REQUIRE(postbox::test::wait_until([&] { return durable.load() == 2; }));
+  CHECK(errors.load() == 0);
+  CHECK(read_all(s).size() == 3);
+  std::lock_guard lk(sync_starts_mu);
+  REQUIRE(sync_starts.size() > before);
+  CHECK(sync_starts[before] - sync_starts[before - 1] >= spacing);
+  // Unless the first append's sync took most of the spacing (a loaded
+  // disk), the third was queued before the next sync began: that one
+  // sync covered both.
+  if (sync_starts[before] > queued) CHECK(sync_starts.size() == before + 1);
+}
+
+TEST_CASE("spool: a record written by write_queued whose fdatasync fails is reported failed",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  postbox::detail::spool_io_calls().fdatasync = &faulty_fdatasync;
+  fail_syncs = 0;
+  postbox::spool s(dir.path(), {.visible_before_sync = true});
+  REQUIRE(!s.append_and_wait(payload(0)).error);
+  fail_syncs = EIO;
+  std::atomic<bool> reported{false};
+  std::error_code error;
+  REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& o) {
+    error = o.error;
+    reported = true;
+  }) == postbox::append_status::queued);
+  s.write_queued();
+  REQUIRE(postbox::test::wait_until([&] { return reported.load(); }));
+  fail_syncs = 0;
+  CHECK(error == std::error_code(EIO, std::generic_category()));
+  CHECK(s.fault() == std::error_code(EIO, std::generic_category()));
+  CHECK(s.append(payload(2), [](const postbox::append_outcome&) {}) == postbox::append_status::failed);
+}
+
 TEST_CASE("spool: a cursor does not keep the bytes of a batch being written, which a failed "
           "write takes back and the next batch overwrites",
           "[unit][spool]") {

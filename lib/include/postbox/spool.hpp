@@ -61,7 +61,9 @@ struct spool_options {
   /// their callbacks still wait for it. A reader gets a record about one
   /// sync sooner, but if that sync fails, a record whose append failed
   /// stays visible until the spool is reopened. Off: a record is visible
-  /// once durable.
+  /// once durable. With sync_spacing > 0 it also changes what waits out the
+  /// spacing: appends are written as they come (by the writer, or by the
+  /// appender in write_queued()), and only the fdatasync waits.
   bool visible_before_sync = false;
   /// With visible_before_sync: called on the writer thread when a batch's
   /// records have become visible, before its sync, so that a reader can be
@@ -199,6 +201,20 @@ class spool {
   /// order appended. Blocks only while max_queued_bytes wait (never on the
   /// writer thread). Never throws (except std::bad_alloc).
   [[nodiscard]] append_status append(std::string_view payload, append_callback done);
+  /// Writes what appends have queued on the calling thread, now, instead of
+  /// leaving it to the writer thread: for a reader that appends, then reads
+  /// (one thread handing records on, as the queue device does), no wait for
+  /// the writer to wake. True: everything appended before the call is
+  /// written and visible to cursors. False: left to the writer thread,
+  /// which then calls after_visible as usual; that is so when the batch
+  /// would start a new segment (syncs of its own), when many batches
+  /// already wait for a sync, when the writer is writing at that moment
+  /// (this call does not wait for it), when the spool has failed, and
+  /// always unless visible_before_sync under `always` with sync_spacing > 0. The sync and
+  /// the callbacks stay with the writer thread; after_visible is not called
+  /// for what this call wrote (the caller knows). Never from a callback.
+  /// Never throws (except std::bad_alloc).
+  bool write_queued();
   /// append() and wait for its outcome. `error` is value_too_large when the
   /// payload is too large, and the fault when the spool has failed.
   [[nodiscard]] append_outcome append_and_wait(std::string_view payload);
