@@ -1950,6 +1950,9 @@ struct queue_device::impl {
       // are: records made visible from here on wake the loop again.
       visible_pending.store(false);
       for (auto& [name, q] : queues) {
+        // What this turn appended is written here, not by the writer
+        // thread, and delivered in this same turn.
+        (void)q->messages->write_queued();
         refill(*q);
         dispatch(*q);
       }
