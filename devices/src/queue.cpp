@@ -497,21 +497,32 @@ struct queue_device::impl {
   void load_attempts(queue& q) {
     cursor c = q.attempts->read_from({}, true);
     spool_record r;
+    bool marked = false;
     while (true) {
       const auto s = c.next(r);
       if (s == read_status::end) break;
       if (s == read_status::corrupt || r.data.size() < 20) continue;
       const position msg = position::from_u64(get_u64(r.data.data()));
       if (q.messages->is_done(msg) || !msg_pending(q, msg)) {
-        (void)q.attempts->mark_done(r.pos);
+        marked |= q.attempts->mark_done(r.pos) == done_status::ok;
         continue;
       }
       attempt_info info{r.pos, get_u32(r.data.data() + 8), get_u64(r.data.data() + 12),
                         r.data.substr(20)};
       auto [it, fresh] = q.attempt_log.try_emplace(msg.to_u64(), info);
       if (!fresh) {
-        (void)q.attempts->mark_done(it->second.record);
+        marked |= q.attempts->mark_done(it->second.record) == done_status::ok;
         it->second = std::move(info);
+      }
+    }
+    // An attempt record of a message that is done (or was never durable:
+    // a power loss can keep the one and lose the other) is marked done
+    // here, durably before the queue takes new messages. Left to the
+    // spool's next sync, a new message taking the lost one's position
+    // could inherit its attempt count from a crash within that time.
+    if (marked) {
+      if (const auto ec = q.attempts->flush()) {
+        throw spool_error("queue " + q.name + ": cannot sync its attempts spool: " + ec.message());
       }
     }
   }
