@@ -150,7 +150,7 @@ class spool_writer {
   ~spool_writer();
 
   append_status append(std::string_view payload, append_callback cb);
-  bool write_queued();
+  bool write_queued() noexcept;
   done_status mark_done(position p);
   std::size_t mark_done(std::span<const position> ps);
   std::error_code flush();
@@ -329,6 +329,11 @@ class spool_writer {
   // Set when a written batch with appends waits for a sync; cleared when
   // one covers it. Wakes the writer (write_queued()).
   std::atomic<bool> sync_wanted_{false};
+  // Set by write_queued() (under write_mu_) when it leaves work to the
+  // writer: a batch handed over, one whose write failed, or lanes to take;
+  // cleared by the writer when it takes the work on.
+  std::atomic<bool> writer_wanted_{false};
+  slot_ptr handed_over_;  // under write_mu_: taken, to be written before the next take
 
   [[nodiscard]] bool lanes_empty() const noexcept {
     for (const auto& l : lanes_)
@@ -736,7 +741,7 @@ void spool_writer::run() {
     lk.lock();
     const auto ready = [&] {
       return stop_ || !lanes_empty() || !marks_.empty() || flush_req_ != flush_done_ ||
-             reclaim_req_;
+             reclaim_req_ || writer_wanted_.load();
     };
     if (!ready()) {
       // Wait for work; for the running sync to return (then report its
@@ -782,6 +787,13 @@ void spool_writer::run() {
     space_cv_.notify_all();
     lk.unlock();
 
+    writer_wanted_.store(false);
+    if (handed_over_) {
+      // Taken by write_queued() before these lanes: written first.
+      write_slot(*handed_over_, no_marks_, true);
+      no_marks_.clear();
+      waiting_.push_back(std::move(handed_over_));
+    }
     cur->callbacks = !cur->parts.empty();
     if (cur->callbacks) last_take_ = steady::now();
     if (cur->callbacks || !marks.empty() || force_sync) {
@@ -806,7 +818,6 @@ void spool_writer::run() {
       next_tick = now + tick;
     }
     if (want_reclaim && !faulted_.load()) {
-      settle(true, wl);
       finish_in_flight(wl);
       reclaim_now();
     }
@@ -832,52 +843,67 @@ void spool_writer::take_lanes(slot& s) {
   }
 }
 
-bool spool_writer::write_queued() {
+bool spool_writer::write_queued() noexcept {
   if (!defers_syncs() || faulted_.load()) return false;
-  bool wake = false, had_full = false, was_wanted = false;
+  bool written = false, wake = false, had_full = false, was_wanted = false;
   {
     // The writer holds the lock while it writes what it took from the
     // lanes (and while it starts a segment): then it is left to finish,
     // and it takes the lanes again before it next waits.
     std::unique_lock wl(write_mu_, std::try_to_lock);
     if (!wl.owns_lock()) return false;
-    if (lanes_empty()) return true;  // taken by the writer, and written
-    // Read under the lock, which the writer holds when it clears it.
-    was_wanted = sync_wanted_.load();
-    std::uint64_t appended = 0;
-    for (const auto& s : waiting_) appended += s->appended_bytes;
-    std::uint64_t queued = 0;
-    for (const auto& l : lanes_) queued += l.bytes.load(std::memory_order_acquire);
-    if (waiting_.size() >= max_waiting_slots || appended >= lane_limit() ||
-        head_end_ + queued + fmt::record_header_size * 2 > opts_.segment_size) {
-      // The writer syncs what waits, or starts the next segment (syncs of
-      // its own), then takes the lanes: not on this thread.
-      wake = true;
+    if (handed_over_) {
+      wake = true;  // the writer has yet to write the batch handed to it
+    } else if (lanes_empty()) {
+      return true;  // taken by the writer, and written
     } else {
-      had_full = a_lane_full();
-      slot_ptr cur = take_spare();
-      take_lanes(*cur);
-      if (cur->parts.empty()) {
-        spare_.push_back(std::move(cur));
-        return true;
+      // Read under the lock, which the writer holds when it clears it.
+      was_wanted = sync_wanted_.load();
+      std::uint64_t appended = 0;
+      for (const auto& w : waiting_) appended += w->appended_bytes;
+      if (waiting_.size() >= max_waiting_slots || appended >= lane_limit()) {
+        wake = true;  // the writer syncs what waits, then takes the lanes
+      } else {
+        slot_ptr cur = take_spare();
+        take_lanes(*cur);
+        std::uint64_t bytes = 0;
+        for (std::size_t i = 0; i < lane_count; ++i) {
+          bytes += cur->parts.bytes[i].size();
+          had_full |= cur->parts.bytes[i].size() >= lane_limit();  // an appender may wait
+        }
+        cur->callbacks = true;
+        last_take_ = steady::now();
+        if (bytes == 0) {
+          spare_.push_back(std::move(cur));
+          written = true;
+        } else if (head_end_ + bytes > opts_.segment_size || !carry_marks_.empty()) {
+          // It starts a new segment (syncs of their own), or takes done
+          // records a failed write left: written by the writer, first.
+          handed_over_ = std::move(cur);
+          wake = true;
+        } else {
+          write_slot(*cur, no_marks_, false);
+          no_marks_.clear();
+          written = cur->written == cur->flat.size();
+          // A failed write is reported by the writer, which learns of it
+          // here (it may have nothing else to wake it).
+          wake = !written;
+          waiting_.push_back(std::move(cur));
+        }
       }
-      cur->callbacks = true;
-      last_take_ = steady::now();
-      write_slot(*cur, no_marks_, false);
-      no_marks_.clear();
-      waiting_.push_back(std::move(cur));
     }
+    if (wake) writer_wanted_.store(true);
   }
   // The writer learns of the first batch that wants a sync (it then waits
-  // for the sync's due time), of a wait grown too long, and of a lane it
-  // held back; not of every batch.
-  if (!wake && !had_full && (was_wanted || !sync_wanted_.load())) return true;
+  // for the sync's due time), of work left to it, and of a lane it held
+  // back; not of every batch.
+  if (!wake && !had_full && (was_wanted || !sync_wanted_.load())) return written;
   {
     std::lock_guard lk(qmu_);
     if (had_full) space_cv_.notify_all();
   }
   writer_cv_.notify_one();
-  return !wake;
+  return written;
 }
 
 spool_writer::slot_ptr spool_writer::take_spare() {
@@ -1189,8 +1215,8 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool wake_r
   if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && s.appended_bytes > 0 &&
       !faulted_.load()) {
     // In write order: every batch before this one with records in it was
-    // published when written; one of done records alone was reported (and
-    // published) before this one was taken.
+    // published when written. One of done records alone is published when
+    // reported, which may come after this (publish() keeps what is later).
     publish(s);
     if (wake_readers && opts_.after_visible) opts_.after_visible();
   }
@@ -1325,7 +1351,7 @@ append_outcome spool::append_and_wait(std::string_view payload) {
   return {{}, std::make_error_code(std::errc::io_error)};
 }
 
-bool spool::write_queued() { return impl_->write_queued(); }
+bool spool::write_queued() noexcept { return impl_->write_queued(); }
 
 done_status spool::mark_done(position p) { return impl_->mark_done(p); }
 

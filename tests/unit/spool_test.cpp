@@ -483,7 +483,7 @@ TEST_CASE("spool: write_queued writes what was appended on the calling thread, r
 }
 
 TEST_CASE("spool: write_queued beside the writer thread keeps each thread's records in order "
-          "across segment rolls, syncs before reporting, and reopens the same",
+          "across segment rolls, and reopens the same",
           "[unit][spool]") {
   postbox::test::temp_dir dir;
   constexpr int per_thread = 2000;
@@ -571,8 +571,11 @@ TEST_CASE("spool: with syncs deferred, an append made while a sync is wanted is 
     ++durable;
   };
   REQUIRE(s.append(payload(1), done) == postbox::append_status::queued);
-  CHECK(s.write_queued());  // written; a sync is wanted
-  std::this_thread::sleep_for(5ms);
+  if (!s.write_queued()) {
+    // The writer, just done with the first append's sync, took it first.
+    REQUIRE(postbox::test::wait_until([&] { return read_all(s).size() == 2; }));
+  }
+  std::this_thread::sleep_for(5ms);  // written; a sync is wanted
   // Appended with no write_queued(): the writer is not woken for it, and
   // takes it when it wakes for the wanted sync.
   REQUIRE(s.append(payload(2), done) == postbox::append_status::queued);
@@ -587,6 +590,90 @@ TEST_CASE("spool: with syncs deferred, an append made while a sync is wanted is 
   // disk), the third was queued before the next sync began: that one
   // sync covered both.
   if (sync_starts[before] > queued) CHECK(sync_starts.size() == before + 1);
+}
+
+TEST_CASE("spool: a write by write_queued that fails is reported by the writer at once, and "
+          "appends succeed again",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  use_gated_syncs();
+  postbox::detail::spool_io_calls().pwrite = &faulty_pwrite;
+  fail_writes = 0;
+  postbox::spool s(dir.path(), {.visible_before_sync = true});
+  gate_opener opener;
+  // The writer writes the first record and is held in its sync, so that
+  // the second is written (and fails) on this thread.
+  gate_closed = true;
+  std::atomic<bool> first_done{false}, second_done{false};
+  std::error_code second_error;
+  REQUIRE(s.append(payload(0), [&](const postbox::append_outcome&) { first_done = true; }) ==
+          postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+  fail_writes = ENOSPC;
+  REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& o) {
+    second_error = o.error;
+    second_done = true;
+  }) == postbox::append_status::queued);
+  CHECK_FALSE(s.write_queued());  // it failed: not written
+  fail_writes = 0;
+  gate_closed = false;
+  // Nothing else comes to wake the writer: it knows of the failure.
+  REQUIRE(postbox::test::wait_until([&] { return first_done.load() && second_done.load(); }));
+  CHECK(second_error == std::error_code(ENOSPC, std::generic_category()));
+  const auto again = s.append_and_wait(payload(2));
+  CHECK(!again.error);
+  const auto all = read_all(s);
+  REQUIRE(all.size() == 2);
+  CHECK(all[1].second == payload(2));
+}
+
+TEST_CASE("spool: write_queued leaves a batch that would start a new segment to the writer, "
+          "which writes it first",
+          "[unit][spool]") {
+  postbox::test::temp_dir dir;
+  io_guard guard;
+  use_gated_syncs();
+  postbox::detail::spool_io_calls().pwrite = &thread_noting_pwrite;
+  std::atomic<int> told{0}, durable{0}, errors{0};
+  postbox::spool s(dir.path(), {.segment_size = 4096,
+                                .visible_before_sync = true,
+                                .after_visible = [&] { ++told; }});
+  gate_opener opener;
+  auto done = [&](const postbox::append_outcome& o) {
+    if (o.error) ++errors;
+    ++durable;
+  };
+  gate_closed = true;
+  REQUIRE(s.append(payload(0), done) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+  {
+    std::lock_guard lk(write_threads_mu);
+    write_threads.clear();
+  }
+  // More than the rest of the first segment.
+  std::vector<std::string> want{payload(0)};
+  for (int i = 1; i <= 40; ++i) {
+    want.push_back(std::to_string(i) + std::string(100, 'b'));
+    REQUIRE(s.append(want.back(), done) == postbox::append_status::queued);
+  }
+  CHECK_FALSE(s.write_queued());
+  CHECK_FALSE(s.write_queued());  // still the writer's, until it has written it
+  {
+    std::lock_guard lk(write_threads_mu);
+    CHECK(write_threads.empty());  // nothing written on this thread
+  }
+  CHECK(read_all(s).size() == 1);
+  gate_closed = false;
+  REQUIRE(postbox::test::wait_until([&] { return durable.load() == 41; }));
+  CHECK(errors.load() == 0);
+  CHECK(told.load() >= 2);  // the writer told of what it wrote
+  std::vector<std::string> got;
+  for (const auto& rec : read_all(s)) got.push_back(rec.second);
+  CHECK(got == want);
+  CHECK(s.segments().size() >= 2);
+  std::lock_guard lk(write_threads_mu);
+  for (const auto& t : write_threads) CHECK(t != std::this_thread::get_id());
 }
 
 TEST_CASE("spool: a record written by write_queued whose fdatasync fails is reported failed",

@@ -48,8 +48,10 @@ struct spool_options {
   /// a quarter of it in each of the four lanes appending threads share.
   /// More than a few MiB does not help: the batch buffers fall out of the
   /// CPU's caches (postbox-bench-spool). The writer holds up to two batches
-  /// besides (the one it writes, and under `always` the one being synced),
-  /// so appends in the spool's hands take at most about 3x this memory.
+  /// besides (the one it writes, and under `always` the one being synced;
+  /// with visible_before_sync and a sync_spacing, the batches written since
+  /// the last sync, up to a quarter of this, and those being synced), so
+  /// appends in the spool's hands take at most about 3x this memory.
   std::size_t max_queued_bytes = 8u * 1024 * 1024;
   /// Called on the writer thread after the append callbacks of a batch have
   /// all run, before the writer looks for more work. A caller whose callbacks
@@ -209,12 +211,14 @@ class spool {
   /// which then calls after_visible as usual; that is so when the batch
   /// would start a new segment (syncs of its own), when many batches
   /// already wait for a sync, when the writer is writing at that moment
-  /// (this call does not wait for it), when the spool has failed, and
-  /// always unless visible_before_sync under `always` with sync_spacing > 0. The sync and
-  /// the callbacks stay with the writer thread; after_visible is not called
-  /// for what this call wrote (the caller knows). Never from a callback.
-  /// Never throws (except std::bad_alloc).
-  bool write_queued();
+  /// (this call never waits for it), when a write fails (the writer
+  /// reports it), when the spool has failed, and always unless
+  /// visible_before_sync under `always` with sync_spacing > 0. The sync and
+  /// the callbacks stay with the writer thread. after_visible is not called
+  /// for what this call wrote, other threads' appends included: a reader
+  /// other than the caller is not woken for them. Never from a callback.
+  /// Out of memory here ends the process, as it does on the writer thread.
+  bool write_queued() noexcept;
   /// append() and wait for its outcome. `error` is value_too_large when the
   /// payload is too large, and the fault when the spool has failed.
   [[nodiscard]] append_outcome append_and_wait(std::string_view payload);
