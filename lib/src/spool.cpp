@@ -236,7 +236,7 @@ class spool_writer {
     std::uint32_t first_head = 0, last_head = 0;
     bool rolled = false;
     bool callbacks = false;        // appends among the entries: after_callbacks follows
-    std::uint64_t appended_bytes = 0;  // of data records written (0: none, or done records only)
+    std::uint64_t appended_bytes = 0;  // bytes written, when data records are among them (else 0)
   };
   using slot_ptr = std::unique_ptr<slot>;
   // Under `always`, a large batch's fdatasync runs on the sync thread while
@@ -310,7 +310,7 @@ class spool_writer {
   // While dirty_: when fsync_interval has passed since the first unsynced
   // write (interval: any; always: done records written alone).
   std::chrono::steady_clock::time_point sync_due_{};
-  std::chrono::steady_clock::time_point last_sync_start_{};  // writer thread only
+  std::chrono::steady_clock::time_point last_sync_start_{};  // writer thread only (not under write_mu_)
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
   // Batches move from spare_ to waiting_ (written, no sync started since),
@@ -416,6 +416,17 @@ spool_writer::spool_writer(std::filesystem::path dir, spool_options opts) : opts
   for (auto& l : lanes_) {
     l.staging.reserve(reserved_bytes());
     l.entries.reserve(reserved_entries());
+  }
+  {
+    // One spare slot, reserved likewise; more grow as they are used
+    // (reserving them all would multiply the address space an idle spool
+    // holds). Made before the writer starts: write_queued() takes it too.
+    auto first = std::make_unique<slot>();
+    for (std::size_t i = 0; i < lane_count; ++i) {
+      first->parts.bytes[i].reserve(reserved_bytes());
+      first->parts.entries[i].reserve(reserved_entries());
+    }
+    spare_.push_back(std::move(first));
   }
   try {
     thread_ = std::thread([this] { run(); });
@@ -697,16 +708,6 @@ void spool_writer::set_fault(int err) {
 }
 
 void spool_writer::run() {
-  {
-    // Spare slots grow as they are used: reserving more than one would
-    // multiply the address space an idle spool holds.
-    auto first = std::make_unique<slot>();
-    for (std::size_t i = 0; i < lane_count; ++i) {
-      first->parts.bytes[i].reserve(reserved_bytes());
-      first->parts.entries[i].reserve(reserved_entries());
-    }
-    spare_.push_back(std::move(first));
-  }
   std::vector<position> marks;
   const auto tick = opts_.retention_time.count() > 0
                         ? std::min<std::chrono::milliseconds>(opts_.retention_time,
@@ -720,7 +721,10 @@ void spool_writer::run() {
     // file's state (write_mu_, taken before qmu_).
     wl.lock();
     auto deadline = waiting_due();
-    if (dirty_ && opts_.fsync != fsync_policy::never) deadline = std::min(deadline, sync_due_);
+    // (A faulted spool syncs no more: without the check, an unsynced write
+    // would keep the deadline in the past and the writer spinning.)
+    if (dirty_ && opts_.fsync != fsync_policy::never && !faulted_.load())
+      deadline = std::min(deadline, sync_due_);
     // Under always, appends that come while the last sync is recent wait
     // to share the next one (sync_spacing): when the spool defers syncs,
     // written (a burst at a time, take_spacing); otherwise, in the lanes.
@@ -821,7 +825,7 @@ void spool_writer::run() {
       finish_in_flight(wl);
       reclaim_now();
     }
-    const bool idle = waiting_.empty() && in_flight_.empty();
+    const bool idle = waiting_.empty() && in_flight_.empty() && !handed_over_;
     wl.unlock();
 
     lk.lock();
@@ -921,6 +925,13 @@ steady::time_point spool_writer::waiting_due() const noexcept {
 
 void spool_writer::settle(bool force, std::unique_lock<std::mutex>& wl) {
   if (waiting_.empty()) return;
+  if (faulted_.load()) {
+    // Nothing to sync: every batch is reported failed, in order.
+    finish_in_flight(wl);
+    sync_wanted_.store(false);
+    report_all(waiting_, wl);
+    return;
+  }
   std::uint64_t appended = 0;
   for (const auto& s : waiting_) appended += s->appended_bytes;
   if (opts_.fsync == fsync_policy::always && appended > 0) {
@@ -959,18 +970,16 @@ void spool_writer::settle(bool force, std::unique_lock<std::mutex>& wl) {
 
 void spool_writer::sync_waiting(std::unique_lock<std::mutex>& wl) {
   // The fdatasync runs without the write lock, so that write_queued() goes
-  // on writing (the batches it writes meanwhile wait for the next sync). On
-  // its own descriptor: a roll may close the head's meanwhile.
+  // on writing (the batches it writes meanwhile wait for the next sync).
+  // The head's descriptor stays open: only this thread starts a segment.
   std::vector<slot_ptr> group;
   group.swap(waiting_);
   sync_wanted_.store(false);
-  const int fd = ::dup(head_fd_);
-  const int dup_err = errno;
-  last_sync_start_ = steady::now();
+  const int fd = head_fd_;
   dirty_ = false;  // everything written so far is covered
   wl.unlock();
-  int e = fd < 0 ? dup_err : sync_fd(fd);
-  if (fd >= 0) ::close(fd);
+  last_sync_start_ = steady::now();  // this thread's alone
+  const int e = sync_fd(fd);
   ++fsyncs_;
   if (e != 0) set_fault(e);
   wl.lock();

@@ -676,6 +676,34 @@ TEST_CASE("spool: write_queued leaves a batch that would start a new segment to 
   for (const auto& t : write_threads) CHECK(t != std::this_thread::get_id());
 }
 
+TEST_CASE("spool: with syncs deferred, closing syncs and reports the written batches still "
+          "waiting, and writes the done marks made meanwhile",
+          "[unit][spool]") {
+  using namespace std::chrono_literals;
+  postbox::test::temp_dir dir;
+  std::atomic<int> durable{0}, errors{0};
+  position first{};
+  {
+    postbox::spool s(dir.path(), {.sync_spacing = 100ms, .visible_before_sync = true});
+    const auto o = s.append_and_wait(payload(0));  // synced at once: the next waits 100 ms
+    REQUIRE(!o.error);
+    first = o.pos;
+    REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& r) {
+      if (r.error) ++errors;
+      ++durable;
+    }) == postbox::append_status::queued);
+    (void)s.write_queued();
+    REQUIRE(s.mark_done(first) == postbox::done_status::ok);
+  }  // closed well within the 100 ms: the second record's sync was not due
+  CHECK(durable.load() == 1);
+  CHECK(errors.load() == 0);
+  postbox::spool again(dir.path());
+  CHECK(again.is_done(first));
+  const auto all = read_all(again);
+  REQUIRE(all.size() == 2);
+  CHECK(all[1].second == payload(1));
+}
+
 TEST_CASE("spool: a record written by write_queued whose fdatasync fails is reported failed",
           "[unit][spool]") {
   postbox::test::temp_dir dir;

@@ -50,8 +50,8 @@ struct spool_options {
   /// CPU's caches (postbox-bench-spool). The writer holds up to two batches
   /// besides (the one it writes, and under `always` the one being synced;
   /// with visible_before_sync and a sync_spacing, the batches written since
-  /// the last sync, up to a quarter of this, and those being synced), so
-  /// appends in the spool's hands take at most about 3x this memory.
+  /// the last sync, about a quarter of this, and those being synced), so
+  /// appends in the spool's hands take at most about 3-3.5x this memory.
   std::size_t max_queued_bytes = 8u * 1024 * 1024;
   /// Called on the writer thread after the append callbacks of a batch have
   /// all run, before the writer looks for more work. A caller whose callbacks
@@ -69,7 +69,8 @@ struct spool_options {
   bool visible_before_sync = false;
   /// With visible_before_sync: called on the writer thread when a batch's
   /// records have become visible, before its sync, so that a reader can be
-  /// woken. Must not call back into this spool. Optional.
+  /// woken; not for batches write_queued() writes. Must not call back into
+  /// this spool. Optional.
   std::function<void()> after_visible = nullptr;
 };
 
@@ -206,8 +207,9 @@ class spool {
   /// Writes what appends have queued on the calling thread, now, instead of
   /// leaving it to the writer thread: for a reader that appends, then reads
   /// (one thread handing records on, as the queue device does), no wait for
-  /// the writer to wake. True: everything appended before the call is
-  /// written and visible to cursors. False: left to the writer thread,
+  /// the writer to wake. True: nothing appended before the call waits to be
+  /// written any more: it is visible to cursors (or its write failed, which
+  /// its callback will say). False: left to the writer thread,
   /// which then calls after_visible as usual; that is so when the batch
   /// would start a new segment (syncs of its own), when many batches
   /// already wait for a sync, when the writer is writing at that moment
