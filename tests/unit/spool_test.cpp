@@ -421,6 +421,29 @@ ssize_t thread_noting_pwrite(int fd, const void* buf, std::size_t n, off_t off) 
   return ::pwrite(fd, buf, n, off);
 }
 
+// Append outcomes, counted.
+struct outcomes {
+  std::atomic<int> done{0}, errors{0};
+  postbox::append_callback callback() {
+    return [this](const postbox::append_outcome& o) {
+      if (o.error) ++errors;
+      ++done;
+    };
+  }
+};
+
+// With use_gated_syncs(): closes the gate and appends payload(0), which the
+// writer writes and then holds in its sync. What the test appends next is
+// left to write_queued() on the test's thread, or to the writer once the
+// gate opens.
+void hold_writer_in_sync(postbox::spool& s, postbox::append_callback done) {
+  gate_closed = true;
+  REQUIRE(s.append(payload(0), std::move(done)) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+  std::lock_guard lk(write_threads_mu);
+  write_threads.clear();
+}
+
 TEST_CASE("spool: write_queued writes what was appended on the calling thread, readable when it "
           "returns, while the writer is held in a sync; the callback waits for the next sync",
           "[unit][spool]") {
@@ -432,33 +455,23 @@ TEST_CASE("spool: write_queued writes what was appended on the calling thread, r
   io_guard guard;
   use_gated_syncs();
   postbox::detail::spool_io_calls().pwrite = &thread_noting_pwrite;
-  std::atomic<int> told{0}, durable{0}, errors{0};
+  std::atomic<int> told{0};
+  outcomes out;
   postbox::spool s(dir.path(), {.sync_spacing = deferred ? std::chrono::microseconds(1000)
                                                         : std::chrono::microseconds(0),
                                 .visible_before_sync = true,
                                 .after_visible = [&] { ++told; }});
   gate_opener opener;
-  auto done = [&](const postbox::append_outcome& o) {
-    if (o.error) ++errors;
-    ++durable;
-  };
-  // The writer writes the first record, and is held in its sync.
-  gate_closed = true;
-  REQUIRE(s.append(payload(0), done) == postbox::append_status::queued);
-  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+  hold_writer_in_sync(s, out.callback());
   CHECK(told.load() == 1);
   CHECK(read_all(s).size() == 1);
-  {
-    std::lock_guard lk(write_threads_mu);
-    write_threads.clear();
-  }
 
-  REQUIRE(s.append(payload(1), done) == postbox::append_status::queued);
-  REQUIRE(s.append(payload(2), done) == postbox::append_status::queued);
+  REQUIRE(s.append(payload(1), out.callback()) == postbox::append_status::queued);
+  REQUIRE(s.append(payload(2), out.callback()) == postbox::append_status::queued);
   CHECK(s.write_queued() == deferred);
   const auto seen = read_all(s);
   CHECK(told.load() == 1);  // the caller knows: no after_visible for its own write
-  CHECK(durable.load() == 0);
+  CHECK(out.done.load() == 0);
   {
     std::lock_guard lk(write_threads_mu);
     if (deferred) {
@@ -474,8 +487,8 @@ TEST_CASE("spool: write_queued writes what was appended on the calling thread, r
   }
 
   gate_closed = false;
-  REQUIRE(postbox::test::wait_until([&] { return durable.load() == 3; }));
-  CHECK(errors.load() == 0);
+  REQUIRE(postbox::test::wait_until([&] { return out.done.load() == 3; }));
+  CHECK(out.errors.load() == 0);
   CHECK(s.stats().fsyncs >= 2);  // the first record's, then one covering the two
   const auto all = read_all(s);
   REQUIRE(all.size() == 3);
@@ -602,14 +615,10 @@ TEST_CASE("spool: a write by write_queued that fails is reported by the writer a
   fail_writes = 0;
   postbox::spool s(dir.path(), {.visible_before_sync = true});
   gate_opener opener;
-  // The writer writes the first record and is held in its sync, so that
-  // the second is written (and fails) on this thread.
-  gate_closed = true;
+  // The second record is written (and fails) on this thread.
   std::atomic<bool> first_done{false}, second_done{false};
   std::error_code second_error;
-  REQUIRE(s.append(payload(0), [&](const postbox::append_outcome&) { first_done = true; }) ==
-          postbox::append_status::queued);
-  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
+  hold_writer_in_sync(s, [&](const postbox::append_outcome&) { first_done = true; });
   fail_writes = ENOSPC;
   REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& o) {
     second_error = o.error;
@@ -635,27 +644,18 @@ TEST_CASE("spool: write_queued leaves a batch that would start a new segment to 
   io_guard guard;
   use_gated_syncs();
   postbox::detail::spool_io_calls().pwrite = &thread_noting_pwrite;
-  std::atomic<int> told{0}, durable{0}, errors{0};
+  std::atomic<int> told{0};
+  outcomes out;
   postbox::spool s(dir.path(), {.segment_size = 4096,
                                 .visible_before_sync = true,
                                 .after_visible = [&] { ++told; }});
   gate_opener opener;
-  auto done = [&](const postbox::append_outcome& o) {
-    if (o.error) ++errors;
-    ++durable;
-  };
-  gate_closed = true;
-  REQUIRE(s.append(payload(0), done) == postbox::append_status::queued);
-  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
-  {
-    std::lock_guard lk(write_threads_mu);
-    write_threads.clear();
-  }
+  hold_writer_in_sync(s, out.callback());
   // More than the rest of the first segment.
   std::vector<std::string> want{payload(0)};
   for (int i = 1; i <= 40; ++i) {
     want.push_back(std::to_string(i) + std::string(100, 'b'));
-    REQUIRE(s.append(want.back(), done) == postbox::append_status::queued);
+    REQUIRE(s.append(want.back(), out.callback()) == postbox::append_status::queued);
   }
   CHECK_FALSE(s.write_queued());
   CHECK_FALSE(s.write_queued());  // still the writer's, until it has written it
@@ -665,8 +665,8 @@ TEST_CASE("spool: write_queued leaves a batch that would start a new segment to 
   }
   CHECK(read_all(s).size() == 1);
   gate_closed = false;
-  REQUIRE(postbox::test::wait_until([&] { return durable.load() == 41; }));
-  CHECK(errors.load() == 0);
+  REQUIRE(postbox::test::wait_until([&] { return out.done.load() == 41; }));
+  CHECK(out.errors.load() == 0);
   CHECK(told.load() >= 2);  // the writer told of what it wrote
   std::vector<std::string> got;
   for (const auto& rec : read_all(s)) got.push_back(rec.second);
