@@ -290,6 +290,17 @@ class spool_writer {
   // When the written batches' sync is due (they wait for it); max() when
   // none waits.
   [[nodiscard]] std::chrono::steady_clock::time_point waiting_due() const noexcept;
+  // Bytes appended in the batches written since the last sync started.
+  [[nodiscard]] std::uint64_t waiting_bytes() const noexcept {
+    std::uint64_t n = 0;
+    for (const auto& w : waiting_) n += w->appended_bytes;
+    return n;
+  }
+  // As many batches, or bytes, wait for a sync as the spool lets wait: the
+  // sync starts now, and write_queued() leaves the next to the writer.
+  [[nodiscard]] bool waiting_full() const noexcept {
+    return waiting_.size() >= max_waiting_slots || waiting_bytes() >= lane_limit();
+  }
   std::error_code roll();
   int sync_head();  // fdatasync of the head segment; a failure is the spool's fault
   void start_sync();  // the head segment's fdatasync, on the sync thread
@@ -863,9 +874,7 @@ bool spool_writer::write_queued() noexcept {
     } else {
       // Read under the lock, which the writer holds when it clears it.
       was_wanted = sync_wanted_.load();
-      std::uint64_t appended = 0;
-      for (const auto& w : waiting_) appended += w->appended_bytes;
-      if (waiting_.size() >= max_waiting_slots || appended >= lane_limit()) {
+      if (waiting_full()) {
         wake = true;  // the writer syncs what waits, then takes the lanes
       } else {
         slot_ptr cur = take_spare();
@@ -932,12 +941,10 @@ void spool_writer::settle(bool force, std::unique_lock<std::mutex>& wl) {
     report_all(waiting_, wl);
     return;
   }
-  std::uint64_t appended = 0;
-  for (const auto& s : waiting_) appended += s->appended_bytes;
+  const std::uint64_t appended = waiting_bytes();
   if (opts_.fsync == fsync_policy::always && appended > 0) {
     if (defers_syncs()) {
-      const bool many = waiting_.size() >= max_waiting_slots || appended >= lane_limit();
-      if (!force && !faulted_.load() && !many && steady::now() < waiting_due()) {
+      if (!force && !waiting_full() && steady::now() < waiting_due()) {
         return;  // written and visible; synced with what follows
       }
       sync_waiting(wl);
