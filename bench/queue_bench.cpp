@@ -31,9 +31,10 @@
 // usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]
 //                            [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]
 //                            [--latency-consumers N] [--latency-warm-up S] [--pace-tick-us US]
-//                            [--latency-runs N] [--timeline]
+//                            [--latency-runs N] [--timeline] [--sync-spacing MS]
 //                            [--e2e-only CONSUMERS] [--latency-only --latency-rate R]
 // --e2e-only runs only (c) with that many consumers; --latency-only only (d).
+// --sync-spacing runs the device with that sync spacing instead of its default.
 #include <postbox/devices/queue.hpp>
 #include <postbox/postbox.hpp>
 #include <postbox/queue_client.hpp>
@@ -44,6 +45,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -102,6 +104,8 @@ struct config {
   // one reported. The machine's speed varies from minute to minute, and
   // one run's p99 with it.
   int latency_runs = 3;
+  // --sync-spacing: the device's (queue_config::sync_spacing); unset: its default.
+  std::optional<std::chrono::microseconds> sync_spacing;
 };
 
 // ---------------------------------------------------------------- payloads
@@ -262,7 +266,8 @@ std::optional<std::uint64_t> json_field(const std::string& json, std::string_vie
 // The device on its own thread, with a control endpoint the bench asks for stats.
 class running_device {
  public:
-  explicit running_device(const fs::path& data) : device_(ctx_, make_config(data)) {
+  running_device(const fs::path& data, std::optional<std::chrono::microseconds> sync_spacing)
+      : device_(ctx_, make_config(data, sync_spacing)) {
     thread_ = std::thread([this] {
       ::pthread_setname_np(::pthread_self(), "qb-device");  // its spools' writers inherit it
       device_.run(stop_);
@@ -305,7 +310,8 @@ class running_device {
   }
 
  private:
-  static postbox::devices::queue_config make_config(const fs::path& data) {
+  static postbox::devices::queue_config make_config(const fs::path& data,
+                                                    std::optional<std::chrono::microseconds> sync_spacing) {
     postbox::devices::queue_config c;
     c.clients = "@tcp://127.0.0.1:*";
     c.control = "@tcp://127.0.0.1:*";
@@ -313,6 +319,7 @@ class running_device {
     c.fsync = postbox::fsync_policy::always;
     c.log = postbox::devices::log_level::warn;
     c.stats_interval = std::chrono::seconds(0);
+    if (sync_spacing) c.sync_spacing = *sync_spacing;
     return c;
   }
 
@@ -365,7 +372,7 @@ e2e_result run_e2e(const fs::path& data, const config& cfg, std::uint64_t n, int
   std::atomic<std::int64_t> go_ns{0};  // when the clock starts
   // Send times from here on count (set when the clock starts).
   std::atomic<std::int64_t> counted_from_ns{std::numeric_limits<std::int64_t>::max()};
-  running_device dev(data);
+  running_device dev(data, cfg.sync_spacing);
   const std::string ep = dev.clients();
 
   std::vector<std::atomic<std::uint8_t>> seen(n);
@@ -653,7 +660,7 @@ int usage() {
                "usage: postbox-bench-queue [--quick] [--dir DIR] [--messages N] [--producers N]\n"
                "                           [--window N] [--prefetch N] [--latency-seconds S] [--latency-rate R]\n"
                "                           [--latency-consumers N] [--latency-warm-up S] [--pace-tick-us US]\n"
-               "                           [--latency-runs N] [--timeline]\n"
+               "                           [--latency-runs N] [--timeline] [--sync-spacing MS]\n"
                "                           [--e2e-only CONSUMERS] [--latency-only --latency-rate R]\n");
   return 2;
 }
@@ -750,6 +757,8 @@ int main(int argc, char** argv) {
     else if (a == "--pace-tick-us" && (v = value(1, 100'000))) cfg.pace_tick_us = static_cast<int>(*v);
     else if (a == "--latency-seconds" && (v = value(0.1, 600, false))) cfg.latency_seconds = *v, latency_seconds_set = true;
     else if (a == "--latency-runs" && (v = value(1, 99))) cfg.latency_runs = static_cast<int>(*v), latency_runs_set = true;
+    else if (a == "--sync-spacing" && (v = value(0, 100, false)))
+      cfg.sync_spacing = std::chrono::microseconds(std::llround(*v * 1000));
     else return usage();
   }
   if (quick) {
@@ -768,8 +777,10 @@ int main(int argc, char** argv) {
   struct statfs sfs {};
   if (::statfs(cfg.dir.c_str(), &sfs) == 0 && sfs.f_type == 0x01021994 /* TMPFS_MAGIC */)
     std::printf("WARNING: %s is tmpfs, which ignores fsync; use --dir on a real disk\n", cfg.dir.c_str());
-  std::printf("postbox-bench-queue: %zu-byte messages, fsync always (group commit), directory %s\n",
-              message_size, cfg.dir.c_str());
+  const auto spacing = cfg.sync_spacing.value_or(postbox::devices::queue_config{}.sync_spacing);
+  std::printf("postbox-bench-queue: %zu-byte messages, fsync always (group commit, sync spacing %.3g ms), "
+              "directory %s\n",
+              message_size, static_cast<double>(spacing.count()) / 1000, cfg.dir.c_str());
   const std::string prefetch = cfg.prefetch != 0 ? std::to_string(cfg.prefetch) + " each"
                                                  : std::string("4000 shared by the consumers");
   std::printf("  %llu messages per end-to-end run, %d producer(s) window %zu, consumer prefetch %s, "
