@@ -66,7 +66,7 @@ TEST_CASE("queue: --sync-spacing takes milliseconds, fractions too, down to 0", 
     args.insert(args.begin(), "postbox-queue");
     return devices::load_queue_config(static_cast<int>(args.size()), args.data()).config.sync_spacing;
   };
-  CHECK(spacing({}) == 1000us);
+  CHECK(spacing({}) == 2000us);
   CHECK(spacing({"--sync-spacing", "0.25"}) == 250us);
   CHECK(spacing({"--sync-spacing", "0"}) == 0us);
   CHECK(spacing({"--sync-spacing", "100"}) == 100'000us);
