@@ -255,6 +255,12 @@ class spool_writer {
   // burst of appends is one write. The writer runs the fdatasync itself,
   // without write_mu_ (sync_waiting()); the sync thread is not used.
   static constexpr std::chrono::microseconds take_spacing{100};
+  // A sync that covered this many appended records or more holds the next
+  // one back by the whole sync_spacing; one that covered fewer, by that
+  // share of it. A stream of appends gets the full spacing (and its few,
+  // large syncs); a lone appender waiting for each confirm, or a trickle,
+  // gets its syncs at once instead of one spacing apart.
+  static constexpr std::uint64_t full_group = 64;
   // At most this many written batches wait for one sync (each holds its
   // buffers until reported), and this many spare ones are kept.
   static constexpr std::size_t max_waiting_slots = 64;
@@ -303,6 +309,9 @@ class spool_writer {
   }
   std::error_code roll();
   int sync_head();  // fdatasync of the head segment; a failure is the spool's fault
+  // Notes a sync starting now (under write_mu_): the next waits
+  // spacing_now_ after it.
+  void begin_sync();
   void start_sync();  // the head segment's fdatasync, on the sync thread
   int wait_sync();    // 0, or the errno of the last started sync (also the spool's fault)
   void sync_loop();
@@ -322,6 +331,11 @@ class spool_writer {
   // write (interval: any; always: done records written alone).
   std::chrono::steady_clock::time_point sync_due_{};
   std::chrono::steady_clock::time_point last_sync_start_{};  // writer thread only (not under write_mu_)
+  // The wait after last_sync_start_ before the next sync: sync_spacing in
+  // proportion to the appends that sync covered, up to full_group
+  // (begin_sync). Writer thread only.
+  std::chrono::microseconds spacing_now_{};
+  std::uint64_t appended_since_sync_ = 0;  // records written since the last sync began (under write_mu_)
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
   // Batches move from spare_ to waiting_ (written, no sync started since),
@@ -744,7 +758,7 @@ void spool_writer::run() {
       if (defers_syncs())
         not_before = last_take_ + take_spacing;
       else if (in_flight_.empty())
-        not_before = last_sync_start_ + opts_.sync_spacing;
+        not_before = last_sync_start_ + spacing_now_;
     }
     const bool wanted = sync_wanted_.load();
     wl.unlock();
@@ -928,7 +942,7 @@ spool_writer::slot_ptr spool_writer::take_spare() {
 
 steady::time_point spool_writer::waiting_due() const noexcept {
   for (const auto& s : waiting_)
-    if (s->appended_bytes > 0) return last_sync_start_ + opts_.sync_spacing;
+    if (s->appended_bytes > 0) return last_sync_start_ + spacing_now_;
   return steady::time_point::max();
 }
 
@@ -984,8 +998,8 @@ void spool_writer::sync_waiting(std::unique_lock<std::mutex>& wl) {
   sync_wanted_.store(false);
   const int fd = head_fd_;
   dirty_ = false;  // everything written so far is covered
+  begin_sync();
   wl.unlock();
-  last_sync_start_ = steady::now();  // this thread's alone
   const int e = sync_fd(fd);
   ++fsyncs_;
   if (e != 0) set_fault(e);
@@ -1038,8 +1052,15 @@ void spool_writer::stop_sync_thread() {
   if (sync_thread_.joinable()) sync_thread_.join();
 }
 
-void spool_writer::start_sync() {
+void spool_writer::begin_sync() {
   last_sync_start_ = steady::now();
+  const std::uint64_t n = std::min<std::uint64_t>(appended_since_sync_, full_group);
+  spacing_now_ = opts_.sync_spacing * static_cast<std::int64_t>(n) / static_cast<std::int64_t>(full_group);
+  appended_since_sync_ = 0;
+}
+
+void spool_writer::start_sync() {
+  begin_sync();
   {
     std::lock_guard lk(sync_mu_);
     sync_fd_ = head_fd_;
@@ -1083,7 +1104,7 @@ void spool_writer::sync_loop() {
 }
 
 int spool_writer::sync_head() {
-  last_sync_start_ = steady::now();
+  begin_sync();
   const int e = sync_fd(head_fd_);
   if (e != 0) set_fault(e);
   ++fsyncs_;
@@ -1228,6 +1249,7 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool wake_r
   // is a hint (docs/spool-format.md), and the next append's sync covers it,
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
   s.appended_bytes = std::min(written, first_mark_entry) > 0 ? std::max<std::uint64_t>(appended_bytes, 1) : 0;
+  appended_since_sync_ += std::min(written, first_mark_entry);
   if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && s.appended_bytes > 0 &&
       !faulted_.load()) {
     // In write order: every batch before this one with records in it was

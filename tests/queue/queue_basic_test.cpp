@@ -76,22 +76,64 @@ TEST_CASE("queue: --sync-spacing takes milliseconds, fractions too, down to 0", 
   CHECK_THROWS_AS(spacing({"--sync-spacing", "inf"}), config_error);
 }
 
-TEST_CASE("queue: the device's spools sync at most every sync_spacing while messages keep coming",
+TEST_CASE("queue: with --sync-spacing, a lone producer's sends are not held back by it, and a "
+          "stream's syncs are",
           "[queue]") {
   test::temp_dir dir;
   context ctx;
+  struct restore_io {
+    detail::spool_io saved = detail::spool_io_calls();
+    ~restore_io() { detail::spool_io_calls() = saved; }
+  } restore;
+  using test::gate_closed;
+  using test::held_syncs;
+  test::use_gated_syncs();  // before any spool opens
   auto cfg = test_config(dir, test::transport_kind::ipc);
   cfg.sync_spacing = 100ms;
   running_device dev(ctx, cfg);
+  test::gate_opener opener;
   producer p(ctx, dev.clients(), "jobs");
-  // Each send() waits for its sync; each sync after the first starts at
-  // least 100 ms after the one before.
+  consumer c(ctx, dev.clients(), {"jobs"});
+
+  // Each send() waits for its sync, which covers that one message: the
+  // next sync is held back by a 64th of the spacing, not all of it.
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < 3; ++i) REQUIRE(p.send(message("video", "job-" + std::to_string(i))).ok);
-  CHECK(std::chrono::steady_clock::now() - start >= 200ms);
+  CHECK(std::chrono::steady_clock::now() - start < 150ms);  // 200 ms or more if held back
+
+  // A stream: 100 messages written (a consumer has them) while a sync is
+  // held share the next sync, which then holds the one after it back by
+  // the whole spacing.
+  gate_closed = true;
+  std::size_t confirmed = 0;
+  p.send_async(message("video", "held"), [&](const confirm& r) { confirmed += r.ok ? 1 : 0; });
+  (void)p.poll(0ms);
+  REQUIRE(test::wait_until([&] { return held_syncs.load() == 1; }));
+  for (int i = 0; i < 100; ++i) {
+    p.send_async(message("video", "stream-" + std::to_string(i)),
+                 [&](const confirm& r) { confirmed += r.ok ? 1 : 0; });
+  }
+  (void)p.poll(0ms);
+  std::size_t got = 0;  // acked as they come: the consumer's credit is 100
+  REQUIRE(test::wait_until([&] {
+    while (auto d = c.receive(10ms)) {
+      c.ack(*d);
+      ++got;
+    }
+    return got == 104;  // the three sent first, the held one, the 100
+  }));
+  gate_closed = false;
+  REQUIRE(test::wait_until([&] {
+    (void)p.poll(10ms);
+    return confirmed == 101;
+  }));
+  const auto next = std::chrono::steady_clock::now();
+  REQUIRE(p.send(message("video", "after the stream")).ok);
+  CHECK(std::chrono::steady_clock::now() - next >= 50ms);
 
   cfg.sync_spacing = 101ms;
   CHECK_THROWS_AS(devices::queue_device(ctx, cfg), config_error);
+  dev.stop();
 }
 
 TEST_CASE("queue: a message goes to a consumer while its sync runs, and its producer's confirm "

@@ -70,21 +70,68 @@ int counting_fdatasync(int fd) {
   ++syncs_seen;
   return ::fdatasync(fd);
 }
-// When each fdatasync began, in order.
+// When each fdatasync began, in order (timed_gated_fdatasync).
 std::mutex sync_starts_mu;
 std::vector<std::chrono::steady_clock::time_point> sync_starts;
-int timed_fdatasync(int fd) {
-  {
-    std::lock_guard lk(sync_starts_mu);
-    sync_starts.push_back(std::chrono::steady_clock::now());
-  }
-  return ::fdatasync(fd);
+std::vector<std::chrono::steady_clock::time_point> sync_starts_now() {
+  std::lock_guard lk(sync_starts_mu);
+  return sync_starts;
 }
 
 using postbox::test::gate_closed;
 using postbox::test::gate_opener;
 using postbox::test::held_syncs;
 using postbox::test::use_gated_syncs;
+
+struct outcomes {
+  std::atomic<int> done{0}, errors{0};
+  postbox::append_callback callback() {
+    return [this](const postbox::append_outcome& o) {
+      if (o.error) ++errors;
+      ++done;
+    };
+  }
+};
+
+// Notes when each fdatasync begins, and holds it while gate_closed is set
+// (as use_gated_syncs()).
+int timed_gated_fdatasync(int fd) {
+  {
+    std::lock_guard lk(sync_starts_mu);
+    sync_starts.push_back(std::chrono::steady_clock::now());
+  }
+  if (gate_closed.load()) {
+    ++held_syncs;
+    while (gate_closed.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return ::fdatasync(fd);
+}
+void use_timed_gated_syncs() {
+  gate_closed = false;
+  held_syncs = 0;
+  {
+    std::lock_guard lk(sync_starts_mu);
+    sync_starts.clear();
+  }
+  postbox::detail::spool_io_calls().fdatasync = &timed_gated_fdatasync;
+}
+
+// With use_timed_gated_syncs(): appends payload(from) and holds its sync
+// while 100 more are appended, so that the next sync covers all 100 (a
+// full group: the sync after it waits the whole sync_spacing).
+void sync_full_group(postbox::spool& s, int from) {
+  outcomes group;
+  const int held = held_syncs.load();
+  gate_closed = true;
+  REQUIRE(s.append(payload(from), group.callback()) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([&] { return held_syncs.load() == held + 1; }));
+  for (int i = 1; i <= 100; ++i) {
+    REQUIRE(s.append(payload(from + i), group.callback()) == postbox::append_status::queued);
+  }
+  gate_closed = false;
+  REQUIRE(postbox::test::wait_until([&] { return group.done.load() == 101; }));
+  REQUIRE(group.errors.load() == 0);
+}
 
 // Writes all it is given, then, while failing_write_held is set, waits,
 // and fails with ENOSPC: the bytes of a batch that will be refused sit in
@@ -284,53 +331,53 @@ TEST_CASE("spool: appends from many threads are each durable once, sharing fdata
   CHECK(got == want);
 }
 
-TEST_CASE("spool: under always, appends that come soon after a sync wait to share the next "
-          "one, which begins sync_spacing after the last began; a flush does not wait",
+TEST_CASE("spool: under always, a sync that covered 64 appends or more holds the next back by "
+          "sync_spacing, and the appends meanwhile share it; after a lone append, by a 64th of "
+          "it; a flush does not wait",
           "[unit][spool]") {
   using namespace std::chrono_literals;
+  const bool deferred = GENERATE(false, true);
+  INFO("visible_before_sync (syncs deferred) " << deferred);
   postbox::test::temp_dir dir;
   io_guard guard;
-  postbox::detail::spool_io_calls().fdatasync = &timed_fdatasync;
-  {
-    std::lock_guard lk(sync_starts_mu);
-    sync_starts.clear();
-  }
-  auto starts = [] {
-    std::lock_guard lk(sync_starts_mu);
-    return sync_starts;
-  };
-  constexpr auto spacing = 80ms;
-  postbox::spool s(dir.path(), {.sync_spacing = spacing});
-  REQUIRE(!s.append_and_wait(payload(0)).error);  // no sync before it: synced at once
-  const auto first = starts();
-  REQUIRE(!first.empty());
-  constexpr int more = 100;
-  std::atomic<int> outstanding{more}, errors{0};
-  for (int i = 1; i <= more; ++i) {
-    REQUIRE(s.append(payload(i), [&](const postbox::append_outcome& o) {
-      if (o.error) ++errors;
-      --outstanding;
-    }) == postbox::append_status::queued);
-  }
-  REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));
-  CHECK(errors.load() == 0);
-  const auto second = starts();
-  REQUIRE(second.size() > first.size());
-  INFO("us between the sync starts: "
-       << std::chrono::duration_cast<std::chrono::microseconds>(second[first.size()] - first.back()).count());
-  CHECK(second[first.size()] - first.back() >= spacing);  // the next sync began no sooner
-  CHECK(second.size() - first.size() == 1);                // and covered all 100
-  CHECK(read_all(s).size() == more + 1);
+  use_timed_gated_syncs();
+  constexpr auto spacing = 100ms;
+  postbox::spool s(dir.path(), {.sync_spacing = spacing, .visible_before_sync = deferred});
+  gate_opener opener;
 
-  // A flush is not held back: with a sync just begun, the flush's own sync
-  // begins well within the spacing.
+  // One append at a time, each waiting for its sync: not held back.
   REQUIRE(!s.append_and_wait(payload(0)).error);
+  REQUIRE(!s.append_and_wait(payload(1)).error);
+  const auto lone = sync_starts_now();
+  REQUIRE(lone.size() >= 2);
+  INFO("us between the lone appends' syncs: "
+       << std::chrono::duration_cast<std::chrono::microseconds>(lone.back() - lone[lone.size() - 2]).count());
+  CHECK(lone.back() - lone[lone.size() - 2] < spacing / 2);
+
+  // After a sync of 100: ten more wait the whole spacing, and share one sync.
+  sync_full_group(s, 100);
+  const auto full = sync_starts_now();
+  outcomes ten;
+  for (int i = 0; i < 10; ++i) REQUIRE(s.append(payload(300 + i), ten.callback()) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([&] { return ten.done.load() == 10; }));
+  CHECK(ten.errors.load() == 0);
+  const auto after = sync_starts_now();
+  REQUIRE(after.size() > full.size());
+  INFO("us between the sync starts: "
+       << std::chrono::duration_cast<std::chrono::microseconds>(after[full.size()] - full.back()).count());
+  CHECK(after[full.size()] - full.back() >= spacing);  // the next sync began no sooner
+  CHECK(after.size() - full.size() == 1);               // and covered all ten
+  CHECK(read_all(s).size() == 2 + 101 + 10);
+
+  // A flush is not held back: after another sync of 100, the flush's own
+  // sync begins well within the spacing.
+  sync_full_group(s, 400);
   REQUIRE(s.append(payload(1), [](const postbox::append_outcome&) {}) == postbox::append_status::queued);
-  const auto before_flush = starts();
+  const auto before_flush = sync_starts_now();
   CHECK(!s.flush());
-  const auto after_flush = starts();
+  const auto after_flush = sync_starts_now();
   REQUIRE(after_flush.size() > before_flush.size());
-  CHECK(after_flush[before_flush.size()] - before_flush.back() < spacing);
+  CHECK(after_flush[before_flush.size()] - before_flush.back() < spacing / 2);
 }
 
 TEST_CASE("spool: with visible_before_sync a cursor reads a record while its fdatasync runs, "
@@ -422,16 +469,6 @@ ssize_t thread_noting_pwrite(int fd, const void* buf, std::size_t n, off_t off) 
 }
 
 // Append outcomes, counted.
-struct outcomes {
-  std::atomic<int> done{0}, errors{0};
-  postbox::append_callback callback() {
-    return [this](const postbox::append_outcome& o) {
-      if (o.error) ++errors;
-      ++done;
-    };
-  }
-};
-
 // With use_gated_syncs(): closes the gate and appends payload(0), which the
 // writer writes and then holds in its sync. What the test appends next is
 // left to write_queued() on the test's thread, or to the writer once the
@@ -564,19 +601,12 @@ TEST_CASE("spool: with syncs deferred, an append made while a sync is wanted is 
   using namespace std::chrono_literals;
   postbox::test::temp_dir dir;
   io_guard guard;
-  postbox::detail::spool_io_calls().fdatasync = &timed_fdatasync;
-  {
-    std::lock_guard lk(sync_starts_mu);
-    sync_starts.clear();
-  }
+  use_timed_gated_syncs();
   constexpr auto spacing = 80ms;  // under fsync_interval, which would sync sooner
   postbox::spool s(dir.path(), {.sync_spacing = spacing, .visible_before_sync = true});
-  REQUIRE(!s.append_and_wait(payload(0)).error);  // synced at once
-  std::size_t before = 0;  // the new segment's syncs, and that one
-  {
-    std::lock_guard lk(sync_starts_mu);
-    before = sync_starts.size();
-  }
+  gate_opener opener;
+  sync_full_group(s, 0);  // the next sync waits the whole spacing
+  const std::size_t before = sync_starts_now().size();  // the new segment's syncs, and those
   REQUIRE(before > 0);
   std::atomic<int> durable{0}, errors{0};
   auto done = [&](const postbox::append_outcome& o) {
@@ -585,8 +615,8 @@ TEST_CASE("spool: with syncs deferred, an append made while a sync is wanted is 
   };
   REQUIRE(s.append(payload(1), done) == postbox::append_status::queued);
   if (!s.write_queued()) {
-    // The writer, just done with the first append's sync, took it first.
-    REQUIRE(postbox::test::wait_until([&] { return read_all(s).size() == 2; }));
+    // The writer, just done with the group's sync, took it first.
+    REQUIRE(postbox::test::wait_until([&] { return read_all(s).size() == 102; }));
   }
   std::this_thread::sleep_for(5ms);  // written; a sync is wanted
   // Appended with no write_queued(): the writer is not woken for it, and
@@ -595,11 +625,11 @@ TEST_CASE("spool: with syncs deferred, an append made while a sync is wanted is 
   const auto queued = std::chrono::steady_clock::now();
   REQUIRE(postbox::test::wait_until([&] { return durable.load() == 2; }));
   CHECK(errors.load() == 0);
-  CHECK(read_all(s).size() == 3);
+  CHECK(read_all(s).size() == 103);
   std::lock_guard lk(sync_starts_mu);
   REQUIRE(sync_starts.size() > before);
   CHECK(sync_starts[before] - sync_starts[before - 1] >= spacing);
-  // Unless the first append's sync took most of the spacing (a loaded
+  // Unless the group's sync took most of the spacing (a loaded
   // disk), the third was queued before the next sync began: that one
   // sync covered both.
   if (sync_starts[before] > queued) CHECK(sync_starts.size() == before + 1);

@@ -41,7 +41,8 @@ struct queue_config {
   std::chrono::milliseconds fsync_interval{100};
   /// Under fsync always, while appends keep coming, a spool starts a sync
   /// no sooner than this after the last one began, and the appends that
-  /// arrive meanwhile share it (spool_options::sync_spacing). 0 .. 100 ms;
+  /// arrive meanwhile share it (spool_options::sync_spacing: after a sync
+  /// of fewer than 64 messages, that share of it). 0 .. 100 ms;
   /// 0: a batch is synced as soon as the writer is free. Messages reach
   /// consumers without waiting for it; confirms wait up to this much more.
   /// 2 ms: at 1 ms the host of a small virtual machine paused the guest
