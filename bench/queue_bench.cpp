@@ -758,7 +758,8 @@ int main(int argc, char** argv) {
     else if (a == "--latency-seconds" && (v = value(0.1, 600, false))) cfg.latency_seconds = *v, latency_seconds_set = true;
     else if (a == "--latency-runs" && (v = value(1, 99))) cfg.latency_runs = static_cast<int>(*v), latency_runs_set = true;
     else if (a == "--sync-spacing" && (v = value(0, 100, false)))
-      cfg.sync_spacing = std::chrono::microseconds(std::llround(*v * 1000));
+      // To the microsecond; a positive value never rounds to 0 (which turns the spacing off).
+      cfg.sync_spacing = std::chrono::microseconds(std::max(std::llround(*v * 1000), *v > 0 ? 1LL : 0LL));
     else return usage();
   }
   if (quick) {

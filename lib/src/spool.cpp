@@ -330,11 +330,11 @@ class spool_writer {
   // While dirty_: when fsync_interval has passed since the first unsynced
   // write (interval: any; always: done records written alone).
   std::chrono::steady_clock::time_point sync_due_{};
-  std::chrono::steady_clock::time_point last_sync_start_{};  // writer thread only (not under write_mu_)
-  // The wait after last_sync_start_ before the next sync: sync_spacing in
-  // proportion to the appends that sync covered, up to full_group
-  // (begin_sync). Writer thread only.
-  std::chrono::microseconds spacing_now_{};
+  // When the last sync began, and the wait after it before the next:
+  // sync_spacing in proportion to the appends that sync covered, up to
+  // full_group (begin_sync). Writer thread only (written under write_mu_).
+  std::chrono::steady_clock::time_point last_sync_start_{};
+  std::chrono::nanoseconds spacing_now_{};
   std::uint64_t appended_since_sync_ = 0;  // records written since the last sync began (under write_mu_)
   std::vector<position> carry_marks_;  // marks whose done record failed to write
 
@@ -1055,7 +1055,8 @@ void spool_writer::stop_sync_thread() {
 void spool_writer::begin_sync() {
   last_sync_start_ = steady::now();
   const std::uint64_t n = std::min<std::uint64_t>(appended_since_sync_, full_group);
-  spacing_now_ = opts_.sync_spacing * static_cast<std::int64_t>(n) / static_cast<std::int64_t>(full_group);
+  spacing_now_ = std::chrono::nanoseconds(opts_.sync_spacing) * static_cast<std::int64_t>(n) /
+                 static_cast<std::int64_t>(full_group);
   appended_since_sync_ = 0;
 }
 

@@ -711,13 +711,17 @@ TEST_CASE("spool: with syncs deferred, closing syncs and reports the written bat
           "[unit][spool]") {
   using namespace std::chrono_literals;
   postbox::test::temp_dir dir;
+  io_guard guard;
+  use_timed_gated_syncs();
   std::atomic<int> durable{0}, errors{0};
   position first{};
   {
     postbox::spool s(dir.path(), {.sync_spacing = 100ms, .visible_before_sync = true});
-    const auto o = s.append_and_wait(payload(0));  // synced at once: the next waits 100 ms
+    gate_opener opener;
+    const auto o = s.append_and_wait(payload(0));
     REQUIRE(!o.error);
     first = o.pos;
+    sync_full_group(s, 100);  // the next sync waits the whole 100 ms
     REQUIRE(s.append(payload(1), [&](const postbox::append_outcome& r) {
       if (r.error) ++errors;
       ++durable;
@@ -730,8 +734,8 @@ TEST_CASE("spool: with syncs deferred, closing syncs and reports the written bat
   postbox::spool again(dir.path());
   CHECK(again.is_done(first));
   const auto all = read_all(again);
-  REQUIRE(all.size() == 2);
-  CHECK(all[1].second == payload(1));
+  REQUIRE(all.size() == 1 + 101 + 1);
+  CHECK(all.back().second == payload(1));
 }
 
 TEST_CASE("spool: a record written by write_queued whose fdatasync fails is reported failed",
@@ -826,19 +830,22 @@ TEST_CASE("spool: under always, an appender held back by a full lane does not wa
   using namespace std::chrono_literals;
   using clock = std::chrono::steady_clock;
   postbox::test::temp_dir dir;
-  // Lanes of 4 KiB: a few records fill one. The spacing is the longest allowed.
-  postbox::spool s(dir.path(), {.sync_spacing = 100ms, .max_queued_bytes = 16 * 1024});
-  REQUIRE(!s.append_and_wait(payload(0)).error);  // a sync has just begun
+  io_guard guard;
+  use_timed_gated_syncs();
+  // Lanes of 16 KiB: two large records fill one. The spacing is the longest allowed.
+  postbox::spool s(dir.path(), {.sync_spacing = 100ms, .max_queued_bytes = 64 * 1024});
+  gate_opener opener;
+  sync_full_group(s, 0);  // a sync of 100 has just begun: the next waits 100 ms
   const auto from = clock::now();
   std::atomic<int> outstanding{0};
-  const std::string big(3000, 'b');
-  for (int i = 0; i < 3; ++i) {  // the second and third wait for room in the lane
+  const std::string big(12000, 'b');
+  for (int i = 0; i < 3; ++i) {  // the third waits for room in the lane
     ++outstanding;
     REQUIRE(s.append(big, [&](const postbox::append_outcome&) { --outstanding; }) ==
             postbox::append_status::queued);
   }
   const auto queued = clock::now() - from;
-  INFO("ms to queue three records into a 4 KiB lane: "
+  INFO("ms to queue three records into a 16 KiB lane: "
        << std::chrono::duration_cast<std::chrono::milliseconds>(queued).count());
   CHECK(queued < 50ms);  // the writer took the full lane instead of waiting the spacing out
   REQUIRE(postbox::test::wait_until([&] { return outstanding.load() == 0; }));

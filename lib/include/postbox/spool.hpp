@@ -38,7 +38,7 @@ struct spool_options {
   /// sooner wait to share the next sync: fewer, larger syncs for up to this
   /// much more latency. On small virtual machines syncs back to back, beside
   /// threads waking often, make the host pause the guest for milliseconds
-  /// (docs/performance.md); 1 ms avoids most of it. The whole spacing
+  /// (docs/performance.md); spacing them avoids most of it. The whole spacing
   /// follows a sync that covered 64 appends or more; a sync that covered
   /// fewer holds the next back by that share of it (a 64th for one), so
   /// that an appender waiting for each append's sync is not slowed by it.
