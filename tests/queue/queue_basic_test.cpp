@@ -20,6 +20,12 @@ namespace {
 
 using test::running_device;
 
+// Puts back the spools' real system calls when a test that replaced them ends.
+struct restore_io {
+  detail::spool_io saved = detail::spool_io_calls();
+  ~restore_io() { detail::spool_io_calls() = saved; }
+};
+
 devices::queue_config test_config(const test::temp_dir& dir, test::transport_kind t) {
   devices::queue_config c;
   c.clients = "@" + test::bind_address(t, dir);
@@ -81,10 +87,7 @@ TEST_CASE("queue: with --sync-spacing, a lone producer's sends are not held back
           "[queue]") {
   test::temp_dir dir;
   context ctx;
-  struct restore_io {
-    detail::spool_io saved = detail::spool_io_calls();
-    ~restore_io() { detail::spool_io_calls() = saved; }
-  } restore;
+  restore_io restore;
   using test::gate_closed;
   using test::held_syncs;
   test::use_gated_syncs();  // before any spool opens
@@ -141,10 +144,7 @@ TEST_CASE("queue: a message goes to a consumer while its sync runs, and its prod
           "[queue]") {
   test::temp_dir dir;
   context ctx;
-  struct restore_io {
-    detail::spool_io saved = detail::spool_io_calls();
-    ~restore_io() { detail::spool_io_calls() = saved; }
-  } restore;
+  restore_io restore;
   using test::gate_closed;
   using test::held_syncs;
   test::use_gated_syncs();  // before any spool opens
