@@ -1249,8 +1249,9 @@ void spool_writer::write_slot(slot& s, std::vector<position>& marks, bool wake_r
   // Under `always` a batch of done records alone is not synced: a done mark
   // is a hint (docs/spool-format.md), and the next append's sync covers it,
   // or run() syncs it once fsync_interval has passed (an idle spool's acks).
-  s.appended_bytes = std::min(written, first_mark_entry) > 0 ? std::max<std::uint64_t>(appended_bytes, 1) : 0;
-  appended_since_sync_ += std::min(written, first_mark_entry);
+  const std::size_t appended_records = std::min(written, first_mark_entry);
+  s.appended_bytes = appended_records > 0 ? std::max<std::uint64_t>(appended_bytes, 1) : 0;
+  appended_since_sync_ += appended_records;
   if (opts_.visible_before_sync && opts_.fsync == fsync_policy::always && s.appended_bytes > 0 &&
       !faulted_.load()) {
     // In write order: every batch before this one with records in it was

@@ -83,6 +83,31 @@ using postbox::test::gate_opener;
 using postbox::test::held_syncs;
 using postbox::test::use_gated_syncs;
 
+// The thread each pwrite ran on, in order.
+std::mutex write_threads_mu;
+std::vector<std::thread::id> write_threads;
+ssize_t thread_noting_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
+  {
+    std::lock_guard lk(write_threads_mu);
+    write_threads.push_back(std::this_thread::get_id());
+  }
+  return ::pwrite(fd, buf, n, off);
+}
+
+// With use_gated_syncs() (or use_timed_gated_syncs()): closes the gate and
+// appends payload(index), which the writer writes and then holds in its
+// sync. What the test appends next is left to write_queued() on the
+// test's thread, or to the writer once the gate opens.
+void hold_writer_in_sync(postbox::spool& s, postbox::append_callback done, int index = 0) {
+  const int held = held_syncs.load();
+  gate_closed = true;
+  REQUIRE(s.append(payload(index), std::move(done)) == postbox::append_status::queued);
+  REQUIRE(postbox::test::wait_until([&] { return held_syncs.load() == held + 1; }));
+  std::lock_guard lk(write_threads_mu);
+  write_threads.clear();
+}
+
+// Append outcomes, counted.
 struct outcomes {
   std::atomic<int> done{0}, errors{0};
   postbox::append_callback callback() {
@@ -121,10 +146,7 @@ void use_timed_gated_syncs() {
 // full group: the sync after it waits the whole sync_spacing).
 void sync_full_group(postbox::spool& s, int from) {
   outcomes group;
-  const int held = held_syncs.load();
-  gate_closed = true;
-  REQUIRE(s.append(payload(from), group.callback()) == postbox::append_status::queued);
-  REQUIRE(postbox::test::wait_until([&] { return held_syncs.load() == held + 1; }));
+  hold_writer_in_sync(s, group.callback(), from);
   for (int i = 1; i <= 100; ++i) {
     REQUIRE(s.append(payload(from + i), group.callback()) == postbox::append_status::queued);
   }
@@ -455,30 +477,6 @@ TEST_CASE("spool: with visible_before_sync, a batch large enough for the sync th
   std::vector<std::string> reopened;
   for (const auto& rec : read_all(again)) reopened.push_back(rec.second);
   CHECK(reopened == want);
-}
-
-// The thread each pwrite ran on, in order.
-std::mutex write_threads_mu;
-std::vector<std::thread::id> write_threads;
-ssize_t thread_noting_pwrite(int fd, const void* buf, std::size_t n, off_t off) {
-  {
-    std::lock_guard lk(write_threads_mu);
-    write_threads.push_back(std::this_thread::get_id());
-  }
-  return ::pwrite(fd, buf, n, off);
-}
-
-// Append outcomes, counted.
-// With use_gated_syncs(): closes the gate and appends payload(0), which the
-// writer writes and then holds in its sync. What the test appends next is
-// left to write_queued() on the test's thread, or to the writer once the
-// gate opens.
-void hold_writer_in_sync(postbox::spool& s, postbox::append_callback done) {
-  gate_closed = true;
-  REQUIRE(s.append(payload(0), std::move(done)) == postbox::append_status::queued);
-  REQUIRE(postbox::test::wait_until([] { return held_syncs.load() == 1; }));
-  std::lock_guard lk(write_threads_mu);
-  write_threads.clear();
 }
 
 TEST_CASE("spool: write_queued writes what was appended on the calling thread, readable when it "
